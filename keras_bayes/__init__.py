@@ -1,0 +1,13 @@
+"""keras_bayes: Bayesian deep learning as a Keras 3 optimizer.
+
+    import keras_bayes
+    model.compile(optimizer=keras_bayes.optimizers.SOBA(0.1, ess=len(x)), ...)
+"""
+
+from keras_bayes import callbacks
+from keras_bayes import metrics
+from keras_bayes import optimizers
+from keras_bayes.predictive import Predictive
+from keras_bayes.version import __version__
+
+__all__ = ["Predictive", "callbacks", "metrics", "optimizers", "__version__"]

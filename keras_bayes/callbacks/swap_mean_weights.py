@@ -1,0 +1,93 @@
+"""Evaluate at the posterior mean during `fit`."""
+
+import keras
+
+from keras_bayes.optimizers.base import unwrap_optimizer
+
+
+@keras.saving.register_keras_serializable(package="keras_bayes")
+class SwapMeanWeights(keras.callbacks.Callback):
+    """Puts the posterior mean into the model for evaluation and prediction.
+
+    During `fit` with a keras_bayes optimizer the model's variables hold a
+    posterior sample. This callback writes the posterior mean into them when
+    evaluation or prediction begins (so `val_loss` and the validation metrics
+    are those of the mean) and puts the sample back when it ends, so
+    training continues exactly as without the callback.
+
+    With `swap_on_epoch=True` the mean is also in the model from the end of
+    each epoch to the start of the next, so callbacks placed *after* this one
+    (e.g. a `ModelCheckpoint` meant for deployment) see the mean. A
+    checkpoint written then holds the mean, not the sample: resuming from it
+    is not bit-exact. For exact resumption use `BackupAndRestore` or a
+    `ModelCheckpoint` placed *before* this callback.
+
+    Example:
+
+    ```python
+    opt = keras_bayes.optimizers.SOBA(0.1, ess=len(x_train))
+    model.compile(optimizer=opt, loss="sparse_categorical_crossentropy")
+    model.fit(x_train, y_train, validation_data=(x_val, y_val),
+              callbacks=[keras_bayes.callbacks.SwapMeanWeights()])
+    ```
+
+    Args:
+        swap_on_epoch: bool, also hold the mean between epochs.
+            Defaults to False.
+    """
+
+    def __init__(self, swap_on_epoch=False):
+        super().__init__()
+        self.swap_on_epoch = bool(swap_on_epoch)
+        self._saved_sample = None
+
+    def _optimizer(self):
+        # `self.model` (not a stored reference) syncs the JAX state.
+        optimizer = unwrap_optimizer(self.model.optimizer)
+        if optimizer is None:
+            raise ValueError(
+                "SwapMeanWeights needs a keras_bayes optimizer (such as "
+                "keras_bayes.optimizers.SOBA). Received: "
+                f"{type(self.model.optimizer).__name__}"
+            )
+        return optimizer
+
+    def _put_mean(self):
+        optimizer = self._optimizer()
+        if self._saved_sample is None and optimizer.built:
+            self._saved_sample = optimizer._read_model()
+            optimizer._write_into_model(optimizer._mean_values())
+
+    def _put_sample_back(self):
+        if self._saved_sample is not None:
+            self._optimizer()._write_into_model(self._saved_sample)
+            self._saved_sample = None
+
+    def on_test_begin(self, logs=None):
+        self._put_mean()
+
+    def on_test_end(self, logs=None):
+        if not self.swap_on_epoch:
+            self._put_sample_back()
+
+    def on_predict_begin(self, logs=None):
+        self._put_mean()
+
+    def on_predict_end(self, logs=None):
+        if not self.swap_on_epoch:
+            self._put_sample_back()
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._put_sample_back()
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.swap_on_epoch:
+            self._put_mean()
+
+    def on_train_end(self, logs=None):
+        # `finalize_variable_values` has already written the mean; what we
+        # saved is a stale sample that must not come back.
+        self._saved_sample = None
+
+    def get_config(self):
+        return {"swap_on_epoch": self.swap_on_epoch}

@@ -1,0 +1,143 @@
+"""Offline datasets for demos, tests and benchmarks.
+
+Nothing here downloads: scikit-learn's bundled digits, and the CIFAR-10 copy
+stored as an xz-compressed archive of JPEG files (see `load_cifar10`).
+"""
+
+import lzma
+import os
+
+import numpy as np
+
+DEFAULT_CIFAR10_PATH = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), os.pardir,
+    "shared", "data", "cifar10", "cifar10-jpeg.npz.xz",
+)
+
+
+def load_digits(test_fraction=0.3, seed=0):
+    """scikit-learn's 8×8 digits (1 797 images, 10 classes), scaled to [0, 1].
+
+    Returns `(x_train, y_train), (x_test, y_test)` with x of shape (n, 64).
+    """
+    from sklearn.datasets import load_digits as sk_load_digits
+
+    x, y = sk_load_digits(return_X_y=True)
+    x = (x / 16.0).astype("float32")
+    order = np.random.default_rng(seed).permutation(len(x))
+    x, y = x[order], y[order].astype("int64")
+    n_test = int(round(test_fraction * len(x)))
+    return (x[n_test:], y[n_test:]), (x[:n_test], y[:n_test])
+
+
+def load_mnist1d(num_samples=5000, seed=42):
+    """MNIST-1D (Greydanus, 2020), generated locally by the `mnist1d` package.
+
+    40-dimensional 1-D signals of 10 digit templates under random shifts,
+    scaling, shear and noise: small, yet hard enough that an MLP overfits,
+    which makes it a good calibration benchmark. Standardised with the
+    training set's mean and std; 80 % train, 20 % test.
+
+    Returns `(x_train, y_train), (x_test, y_test)` with x of shape (n, 40).
+    """
+    from mnist1d.data import get_dataset_args
+    from mnist1d.data import make_dataset
+
+    config = get_dataset_args()
+    config.num_samples = num_samples
+    config.seed = seed
+    data = make_dataset(config)
+    x, xt = data["x"].astype("float32"), data["x_test"].astype("float32")
+    mean, std = x.mean(), x.std()
+    return (
+        ((x - mean) / std, data["y"].astype("int64")),
+        ((xt - mean) / std, data["y_test"].astype("int64")),
+    )
+
+
+def _decode_jpegs(blob, offsets, indices):
+    from io import BytesIO
+
+    from PIL import Image
+
+    out = np.empty((len(indices), 32, 32, 3), dtype=np.uint8)
+    for row, i in enumerate(indices):
+        data = blob[offsets[i]:offsets[i + 1]].tobytes()
+        out[row] = np.asarray(Image.open(BytesIO(data)).convert("RGB"))
+    return out
+
+
+def load_cifar10(path=None, train_size=None, test_size=None, seed=0,
+                 cache_dir=None):
+    """CIFAR-10 from the offline JPEG archive, as uint8 images.
+
+    The archive is an xz-compressed `.npz` with keys `jpeg_train`,
+    `offsets_train`, `y_train` and the same for `test`; image i is the JPEG
+    `jpeg[offsets[i]:offsets[i + 1]]`. Decoding needs Pillow.
+
+    Args:
+        path: the `.npz.xz` file; defaults to `$KERAS_BAYES_CIFAR10`, then
+            `../shared/data/cifar10/cifar10-jpeg.npz.xz` beside the checkout.
+        train_size, test_size: optional class-balanced random subsets.
+            Either way the examples come back in a random order (the
+            archive itself is sorted by class).
+        seed: seed of the subsets.
+        cache_dir: if set, decoded arrays are cached there as `.npz`.
+
+    Returns:
+        `(x_train, y_train), (x_test, y_test)`, x of shape (n, 32, 32, 3).
+    """
+    path = path or os.environ.get("KERAS_BAYES_CIFAR10") or (
+        DEFAULT_CIFAR10_PATH)
+    if not os.path.exists(path):
+        raise FileNotFoundError(
+            f"CIFAR-10 archive not found at {path!r}. Pass `path=` or set "
+            "KERAS_BAYES_CIFAR10; with internet access use "
+            "`keras_bayes.datasets.load_tfds('cifar10')` instead."
+        )
+    cache = None
+    if cache_dir:
+        cache = os.path.join(
+            cache_dir, f"cifar10_{train_size}_{test_size}_{seed}.npz")
+        if os.path.exists(cache):
+            with np.load(cache) as f:
+                return ((f["x_train"], f["y_train"]),
+                        (f["x_test"], f["y_test"]))
+    with lzma.open(path) as f:
+        archive = dict(np.load(f))
+    rng = np.random.default_rng(seed)
+    splits = []
+    for split, size in (("train", train_size), ("test", test_size)):
+        labels = archive[f"y_{split}"].astype("int64")
+        indices = np.arange(len(labels))
+        if size is not None:
+            per_class = size // 10
+            indices = np.concatenate([
+                rng.choice(np.flatnonzero(labels == c), per_class,
+                           replace=False) for c in range(10)])
+        # The archive is stored class by class: always shuffle.
+        indices = rng.permutation(indices)
+        x = _decode_jpegs(archive[f"jpeg_{split}"],
+                          archive[f"offsets_{split}"], indices)
+        splits.append((x, labels[indices]))
+    if cache:
+        os.makedirs(cache_dir, exist_ok=True)
+        np.savez(cache, x_train=splits[0][0], y_train=splits[0][1],
+                 x_test=splits[1][0], y_test=splits[1][1])
+    return tuple(splits)
+
+
+def load_tfds(name, split=("train", "test")):
+    """A `tensorflow_datasets` image classification set as NumPy arrays.
+
+    For users with internet access (or a prepared TFDS data directory).
+    Returns `(x_train, y_train), (x_test, y_test)`.
+    """
+    import tensorflow_datasets as tfds
+
+    out = []
+    for part in split:
+        data = tfds.as_numpy(tfds.load(name, split=part, batch_size=-1,
+                                       as_supervised=True))
+        out.append((np.asarray(data[0]), np.asarray(data[1]).astype("int64")))
+    return tuple(out)

@@ -1,0 +1,55 @@
+"""Smoke test of benchmarks/step_cost.py (the training-step cost benchmark).
+
+Runs `step_cost.py --quick` in a subprocess on the current backend and checks
+the JSON it writes. The timings of a quick run are not meaningful; only their
+presence and sign are checked.
+"""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import keras
+import pytest
+
+SCRIPT = pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / (
+    "step_cost.py"
+)
+
+
+@pytest.mark.slow
+def test_step_cost_quick(tmp_path):
+    out = tmp_path / "step_cost.json"
+    env = dict(os.environ, KERAS_BACKEND=keras.backend.backend())
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), "--quick", "--json", str(out)],
+        env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "soba" in proc.stdout
+
+    results = json.loads(out.read_text())
+    assert isinstance(results, list) and len(results) == 1
+    result = results[0]
+    for key in ("date", "command", "backend", "backend_version",
+                "keras_version", "device", "model", "params", "batch_size",
+                "timed_steps", "rounds", "optimizers", "ratios"):
+        assert key in result, key
+    assert result["backend"] == keras.backend.backend()
+    assert result["model"] == "cnn"
+    assert result["params"] > 0
+
+    assert set(result["optimizers"]) == {"adam", "sgd", "soba"}
+    for entry in result["optimizers"].values():
+        assert entry["median_s_per_step"] > 0
+        assert len(entry["s_per_step"]) == result["rounds"]
+        assert all(t > 0 for t in entry["s_per_step"])
+    states = {name: entry["state_per_param"]
+              for name, entry in result["optimizers"].items()}
+    assert states == pytest.approx({"adam": 2.0, "sgd": 1.0, "soba": 3.0})
+
+    assert set(result["ratios"]) == {"soba"}
+    assert set(result["ratios"]["soba"]) == {"vs_adam", "vs_sgd"}
+    assert all(r > 0 for r in result["ratios"]["soba"].values())
