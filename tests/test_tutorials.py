@@ -1,0 +1,22 @@
+"""Every tutorial runs top to bottom (shortened by KERAS_BAYES_FAST=1)."""
+
+import glob
+import os
+import subprocess
+import sys
+
+import keras
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TUTORIALS = sorted(glob.glob(os.path.join(ROOT, "tutorials", "*.py")))
+
+
+@pytest.mark.parametrize("path", TUTORIALS, ids=os.path.basename)
+def test_tutorial_runs(path):
+    env = {**os.environ, "KERAS_BAYES_FAST": "1",
+           "KERAS_BACKEND": keras.backend.backend()}
+    result = subprocess.run([sys.executable, path], cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "posterior average" in result.stdout
