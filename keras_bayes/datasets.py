@@ -137,7 +137,78 @@ def load_tfds(name, split=("train", "test")):
 
     out = []
     for part in split:
-        data = tfds.as_numpy(tfds.load(name, split=part, batch_size=-1,
-                                       as_supervised=True))
-        out.append((np.asarray(data[0]), np.asarray(data[1]).astype("int64")))
+        # Batched iteration, not `batch_size=-1`: that asks tf.data for one
+        # element of unbounded size, which aborts on some TF builds.
+        dataset = tfds.load(name, split=part, as_supervised=True,
+                            batch_size=1024)
+        images, labels = [], []
+        for x, y in tfds.as_numpy(dataset):
+            images.append(x)
+            labels.append(y)
+        out.append((np.concatenate(images),
+                    np.concatenate(labels).astype("int64")))
     return tuple(out)
+
+
+# ----------------------------------------------------------------------
+# Out-of-distribution protocols.
+
+def class_split(x, y, in_classes):
+    """Split a labelled set into in-distribution classes and held-out ones.
+
+    The examples of `in_classes` keep their inputs and get labels
+    0..len(in_classes)-1 in the order given; the rest are the
+    out-of-distribution set (OOD is the positive class in
+    `keras_bayes.metrics`' OOD scores).
+
+    Returns `(x_in, y_in), x_out`.
+    """
+    y = np.asarray(y).reshape(-1)
+    in_classes = [int(c) for c in in_classes]
+    if len(set(in_classes)) != len(in_classes) or not in_classes:
+        raise ValueError(
+            "`in_classes` must be a non-empty list of distinct labels. "
+            f"Received: {in_classes}")
+    missing = [c for c in in_classes if not np.any(y == c)]
+    if missing:
+        raise ValueError(f"`in_classes` {missing} do not occur in `y`")
+    mask = np.isin(y, in_classes)
+    if mask.all():
+        raise ValueError("`in_classes` holds every class: nothing is left "
+                         "out of distribution")
+    relabel = {c: i for i, c in enumerate(in_classes)}
+    y_in = np.array([relabel[int(c)] for c in y[mask]], dtype="int64")
+    return (np.asarray(x)[mask], y_in), np.asarray(x)[~mask]
+
+
+SHIFTS = ("gaussian_noise", "contrast", "uniform_noise", "flip")
+
+
+def synthetic_shift(x, kind="gaussian_noise", severity=1.0, seed=0):
+    """A covariate-shifted copy of `x` (float inputs, any shape).
+
+    Kinds:
+        `gaussian_noise`: x + severity·std(x)·N(0, 1).
+        `uniform_noise`: inputs replaced by U(min(x), max(x)) noise (far
+            OOD; `severity` is unused).
+        `contrast`: mean(x) + (x − mean(x))·(1 − severity/2), clipped at
+            severity 2 to a constant input.
+        `flip`: each input reversed along its first non-batch axis (an image
+            turned upside down, a 1-D signal played backwards).
+    """
+    if kind not in SHIFTS:
+        raise ValueError(f"`kind` must be one of {list(SHIFTS)}. "
+                         f"Received: kind={kind!r}")
+    if not np.isfinite(severity) or severity < 0:
+        raise ValueError(f"`severity` must be >= 0. Received: {severity!r}")
+    x = np.asarray(x, dtype="float32")
+    rng = np.random.default_rng(seed)
+    if kind == "gaussian_noise":
+        noise = rng.standard_normal(x.shape).astype("float32")
+        return x + severity * x.std() * noise
+    if kind == "uniform_noise":
+        return rng.uniform(x.min(), x.max(), size=x.shape).astype("float32")
+    if kind == "contrast":
+        factor = max(0.0, 1.0 - severity / 2.0)
+        return (x.mean() + (x - x.mean()) * factor).astype("float32")
+    return np.ascontiguousarray(np.flip(x, axis=1))

@@ -1,5 +1,6 @@
 """Callbacks for training with keras_bayes optimizers."""
 
 from keras_bayes.callbacks.swap_mean_weights import SwapMeanWeights
+from keras_bayes.callbacks.uncertainty_metrics import UncertaintyMetrics
 
-__all__ = ["SwapMeanWeights"]
+__all__ = ["SwapMeanWeights", "UncertaintyMetrics"]

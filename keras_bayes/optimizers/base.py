@@ -188,6 +188,7 @@ class PosteriorOptimizer(keras.optimizers.Optimizer):
             seed, name="posterior_noise_seed"
         )
         self._track_variable(self._seed_generator.state)
+        self._prediction_seed_generator = None
 
     # ------------------------------------------------------------------
     # Slots.
@@ -363,17 +364,43 @@ class PosteriorOptimizer(keras.optimizers.Optimizer):
     def _mean_values(self):
         return [ops.convert_to_numpy(m) for m in self._state["mean"]]
 
-    def _std_values(self):
-        stds = []
+    def _mean_and_std_tensors(self):
+        """(mean, std) backend tensors per variable, std at full shape."""
+        out = []
         for index, variable in enumerate(self._trainable_variables):
             state = {
                 name: ops.convert_to_tensor(slots[index])
                 for name, slots in self._state.items()
             }
             std = self._posterior_std(state, self._weight_decay_for(variable))
-            std = ops.broadcast_to(std, tuple(variable.shape))
-            stds.append(ops.convert_to_numpy(std))
-        return stds
+            out.append(
+                (state["mean"], ops.broadcast_to(std, tuple(variable.shape)))
+            )
+        return out
+
+    def _std_values(self):
+        return [ops.convert_to_numpy(s) for _, s in
+                self._mean_and_std_tensors()]
+
+    def _prediction_seed(self, seed):
+        if seed is not None:
+            return seed
+        if self._prediction_seed_generator is None:
+            # Apart from the training noise, so sampling for prediction never
+            # changes the training trajectory.
+            base = self.seed if self.seed is not None else 0
+            self._prediction_seed_generator = keras.random.SeedGenerator(
+                base + 7919, name="posterior_prediction_seed"
+            )
+        return self._prediction_seed_generator
+
+    def _sample_tensors(self, mean_and_std, seed):
+        return [
+            mean + std * keras.random.normal(
+                tuple(variable.shape), dtype=variable.dtype, seed=seed)
+            for (mean, std), variable in zip(mean_and_std,
+                                             self._trainable_variables)
+        ]
 
     def posterior_mean(self):
         """The posterior mean, one NumPy array per trainable variable.
@@ -395,9 +422,13 @@ class PosteriorOptimizer(keras.optimizers.Optimizer):
 
     def _write_into_model(self, values):
         for variable, value in zip(self._trainable_variables, values):
-            # A fresh host copy: on JAX, assigning one variable's buffer to
-            # another aliases it and donation later deletes it.
-            variable.assign(np.array(value, copy=True))
+            if isinstance(value, np.ndarray):
+                value = np.array(value, copy=True)
+            else:
+                # On JAX, assigning one variable's buffer to another aliases
+                # it, and buffer donation in the next jitted call deletes it.
+                value = ops.copy(value)
+            variable.assign(value)
 
     def _read_model(self):
         return [ops.convert_to_numpy(v) for v in self._trainable_variables]
@@ -420,27 +451,14 @@ class PosteriorOptimizer(keras.optimizers.Optimizer):
     def draw_posterior_sample(self, seed=None):
         """One sample θ ~ q as a list of NumPy arrays (no model change).
 
-        `seed` is an int, a `keras.random.SeedGenerator` or None (a
-        generator of this optimizer kept apart from the training noise, so
-        sampling for prediction never changes the training trajectory).
+        `seed` is an int (the same sample every call), a
+        `keras.random.SeedGenerator` or None (a generator of this optimizer
+        kept apart from the training noise).
         """
         self._check_built()
-        if seed is None:
-            if getattr(self, "_prediction_seed_generator", None) is None:
-                base = self.seed if self.seed is not None else 0
-                self._prediction_seed_generator = keras.random.SeedGenerator(
-                    base + 7919, name="posterior_prediction_seed"
-                )
-            seed = self._prediction_seed_generator
-        samples = []
-        for mean, std, variable in zip(
-            self._mean_values(), self._std_values(), self._trainable_variables
-        ):
-            noise = keras.random.normal(
-                mean.shape, dtype=variable.dtype, seed=seed
-            )
-            samples.append(mean + std * ops.convert_to_numpy(noise))
-        return samples
+        samples = self._sample_tensors(
+            self._mean_and_std_tensors(), self._prediction_seed(seed))
+        return [ops.convert_to_numpy(s) for s in samples]
 
     @contextlib.contextmanager
     def sampled_weights(self, seed=None):

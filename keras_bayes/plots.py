@@ -1,0 +1,109 @@
+"""Figures of calibration and predictive uncertainty (needs matplotlib).
+
+Both functions return a `matplotlib.figure.Figure`; save it with
+`fig.savefig("name.png")`. Install the extra with
+`pip install keras-bayes[docs]`.
+"""
+
+import numpy as np
+
+from keras_bayes.metrics import calibration
+
+
+def _pyplot():
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg", force=False)
+        import matplotlib.pyplot as plt
+    except ImportError as error:  # pragma: no cover - depends on the env
+        raise ImportError(
+            "keras_bayes.plots needs matplotlib: pip install matplotlib"
+        ) from error
+    return plt
+
+
+def reliability_diagram(labels, probs_by_name, num_bins=15, title=None):
+    """Accuracy against confidence per equal-width bin, one panel per model.
+
+    Args:
+        labels: integer labels, shape (n,).
+        probs_by_name: dict name -> probabilities (n, k), or one array.
+        num_bins: number of equal-width confidence bins.
+
+    Each panel shows the per-bin accuracy as bars, the gap to the diagonal
+    (perfect calibration), the fraction of examples per bin, and the ECE.
+    """
+    plt = _pyplot()
+    if not isinstance(probs_by_name, dict):
+        probs_by_name = {"model": probs_by_name}
+    fig, axes = plt.subplots(1, len(probs_by_name),
+                             figsize=(3.6 * len(probs_by_name), 3.6),
+                             squeeze=False)
+    for ax, (name, probs) in zip(axes[0], probs_by_name.items()):
+        bins = calibration.calibration_bins(labels, probs, num_bins)
+        edges = bins["edges"]
+        centers = (edges[:-1] + edges[1:]) / 2
+        width = edges[1] - edges[0]
+        filled = bins["counts"] > 0
+        ax.bar(centers[filled], bins["accuracy"][filled], width=width,
+               edgecolor="black", color="tab:blue", label="accuracy")
+        ax.bar(centers[filled],
+               bins["confidence"][filled] - bins["accuracy"][filled],
+               bottom=bins["accuracy"][filled], width=width,
+               color="tab:red", alpha=0.35, label="gap")
+        ax.plot([0, 1], [0, 1], "k--", lw=1)
+        share = bins["counts"] / max(bins["counts"].sum(), 1)
+        ax.step(edges[1:], share, where="pre", color="gray", lw=1,
+                label="fraction")
+        ece = calibration.expected_calibration_error(labels, probs, num_bins)
+        ax.set_title(f"{name}\nECE {ece:.4f}", fontsize=10)
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1)
+        ax.set_xlabel("confidence")
+    axes[0][0].set_ylabel("accuracy")
+    axes[0][0].legend(loc="upper left", fontsize=8)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def uncertainty_map(predict_proba_by_name, x, y, resolution=150,
+                    margin=1.0, title=None):
+    """Predictive entropy over a 2-D input plane, one panel per model.
+
+    Args:
+        predict_proba_by_name: dict name -> function mapping inputs (m, 2)
+            to probabilities (m, k).
+        x: training inputs (n, 2), drawn on top; y: their labels.
+        resolution: grid points per axis.
+        margin: how far the grid extends beyond the data.
+
+    Bright regions are uncertain (high entropy); a Bayesian model should be
+    bright away from the data, not only on the decision boundary.
+    """
+    plt = _pyplot()
+    x = np.asarray(x)
+    lo, hi = x.min(axis=0) - margin, x.max(axis=0) + margin
+    g0, g1 = np.meshgrid(np.linspace(lo[0], hi[0], resolution),
+                         np.linspace(lo[1], hi[1], resolution))
+    grid = np.stack([g0.ravel(), g1.ravel()], axis=1).astype("float32")
+    fig, axes = plt.subplots(1, len(predict_proba_by_name),
+                             figsize=(3.6 * len(predict_proba_by_name), 3.4),
+                             squeeze=False)
+    for ax, (name, fn) in zip(axes[0], predict_proba_by_name.items()):
+        probs = np.clip(np.asarray(fn(grid), dtype=np.float64), 1e-12, 1)
+        entropy = -(probs * np.log(probs)).sum(axis=1)
+        image = ax.contourf(g0, g1, entropy.reshape(g0.shape), levels=20,
+                            cmap="viridis", vmin=0,
+                            vmax=np.log(probs.shape[1]))
+        ax.scatter(x[:, 0], x[:, 1], c=y, s=6, cmap="coolwarm",
+                   edgecolors="none")
+        ax.set_title(name, fontsize=10)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.colorbar(image, ax=axes[0].tolist(), label="predictive entropy")
+    if title:
+        fig.suptitle(title)
+    return fig
