@@ -4,9 +4,11 @@
     python -m keras_bayes.demo --dataset digits
     python -m keras_bayes.demo --dataset cifar10 --train-size 10000
 
-Prints one table: accuracy, NLL, ECE and Brier score of Adam at its weights,
-of SOBA at its posterior mean, and of SOBA averaged over posterior samples
-(the Bayesian model average). Runs on whichever backend KERAS_BACKEND names.
+Prints one table: accuracy, NLL, ECE, Brier score and misclassification AUROC
+(max-probability confidence, correct predictions positive) of Adam at its
+weights, of SOBA at its posterior mean, and of SOBA averaged over posterior
+samples (the Bayesian model average), and writes a reliability diagram PNG.
+Runs on whichever backend KERAS_BACKEND names.
 """
 
 import argparse
@@ -18,7 +20,8 @@ import numpy as np
 
 import keras_bayes
 from keras_bayes import datasets
-from keras_bayes.metrics import classification_report
+from keras_bayes.metrics.calibration import classification_report
+from keras_bayes.metrics.detection import misclassification_detection
 
 
 def build_model(input_shape, num_classes, seed):
@@ -98,6 +101,8 @@ def main(argv=None):
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--verbose", type=int, default=0)
     parser.add_argument("--json", default=None, help="write results here")
+    parser.add_argument("--plot", default="reliability.png",
+                        help="reliability diagram PNG ('' to skip)")
     args = parser.parse_args(argv)
     if args.epochs is None:
         args.epochs = 15 if args.dataset == "cifar10" else 60
@@ -119,22 +124,34 @@ def main(argv=None):
         seed=args.seed)
     soba, soba_time = train(soba_opt, data, args)
 
-    rows = {
-        "Adam": classification_report(
-            yt, softmax(np.asarray(adam.predict(xt, verbose=0)))),
-        "SOBA, mean": classification_report(
-            yt, softmax(np.asarray(soba.predict(xt, verbose=0)))),
-        f"SOBA, {args.samples}-sample average": classification_report(
-            yt, keras_bayes.Predictive(
-                soba, num_samples=args.samples, from_logits=True,
-                seed=args.seed).predict(xt)),
+    probs = {
+        "Adam": softmax(np.asarray(adam.predict(xt, verbose=0))),
+        "SOBA, mean": softmax(np.asarray(soba.predict(xt, verbose=0))),
+        f"SOBA, {args.samples}-sample average": keras_bayes.Predictive(
+            soba, num_samples=args.samples, from_logits=True,
+            seed=args.seed).predict(xt),
     }
-    print(f"{'':24s} {'accuracy':>9s} {'NLL':>8s} {'ECE':>8s} {'Brier':>8s}")
+    rows = {}
+    for name, p in probs.items():
+        rows[name] = classification_report(yt, p)
+        rows[name]["auroc"] = misclassification_detection(yt, p)["auroc"]
+    print(f"{'':24s} {'accuracy':>9s} {'NLL':>8s} {'ECE':>8s} {'Brier':>8s}"
+          f" {'AUROC':>8s}")
     for name, r in rows.items():
         print(f"{name:24s} {r['accuracy']:9.4f} {r['nll']:8.4f} "
-              f"{r['ece']:8.4f} {r['brier']:8.4f}")
+              f"{r['ece']:8.4f} {r['brier']:8.4f} {r['auroc']:8.4f}")
     print(f"fit wall time, compilation and per-epoch validation included: "
           f"Adam {adam_time:.1f} s, SOBA {soba_time:.1f} s")
+    if args.plot:
+        try:
+            from keras_bayes import plots
+        except ImportError:  # pragma: no cover - matplotlib is optional
+            print("matplotlib not installed: no reliability diagram")
+        else:
+            fig = plots.reliability_diagram(
+                yt, probs, title=f"{args.dataset}, test set")
+            fig.savefig(args.plot, dpi=110)
+            print(f"reliability diagram written to {args.plot}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"backend": keras.backend.backend(),

@@ -48,10 +48,10 @@ def reliability_diagram(labels, probs_by_name, num_bins=15, title=None):
         filled = bins["counts"] > 0
         ax.bar(centers[filled], bins["accuracy"][filled], width=width,
                edgecolor="black", color="tab:blue", label="accuracy")
-        ax.bar(centers[filled],
-               bins["confidence"][filled] - bins["accuracy"][filled],
-               bottom=bins["accuracy"][filled], width=width,
-               color="tab:red", alpha=0.35, label="gap")
+        low = np.minimum(bins["accuracy"], bins["confidence"])[filled]
+        gap = np.abs(bins["confidence"] - bins["accuracy"])[filled]
+        ax.bar(centers[filled], gap, bottom=low, width=width, fill=False,
+               hatch="///", edgecolor="tab:red", lw=0, label="gap")
         ax.plot([0, 1], [0, 1], "k--", lw=1)
         share = bins["counts"] / max(bins["counts"].sum(), 1)
         ax.step(edges[1:], share, where="pre", color="gray", lw=1,

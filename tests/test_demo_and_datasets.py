@@ -16,7 +16,8 @@ def test_demo_prints_the_table(tmp_path):
     out = tmp_path / "demo.json"
     result = subprocess.run(
         [sys.executable, "-m", "keras_bayes.demo", "--epochs", "3",
-         "--samples", "4", "--json", str(out)],
+         "--samples", "4", "--json", str(out),
+         "--plot", str(tmp_path / "rel.png")],
         cwd=ROOT, capture_output=True, text=True, timeout=600,
         env={**os.environ},
     )
@@ -27,12 +28,15 @@ def test_demo_prints_the_table(tmp_path):
     assert [r.split("  ")[0].strip() for r in rows] == [
         "Adam", "SOBA, mean", "SOBA, 4-sample average"]
     for row in rows:
-        acc, nll, ece, brier = map(float, row.split()[-4:])
+        acc, nll, ece, brier, auroc = map(float, row.split()[-5:])
         assert 0.2 < acc <= 1 and 0 < nll < 3 and 0 <= ece < 1
+        assert 0 <= brier <= 2 and 0.5 < auroc <= 1
+    assert (tmp_path / "rel.png").stat().st_size > 1000
     import json
 
     results = json.loads(out.read_text())["results"]
-    assert set(results["Adam"]) == {"accuracy", "nll", "ece", "brier"}
+    assert {"accuracy", "nll", "ece", "brier", "auroc"} <= set(
+        results["Adam"])
 
 
 def test_mnist1d_is_generated_offline_and_deterministic():

@@ -1,44 +1,60 @@
-"""Classification metrics as plain NumPy functions.
+"""Classification and calibration metrics as plain NumPy functions.
 
-Every function takes integer labels of shape (n,) and predicted class
-probabilities of shape (n, k) whose rows sum to one (within 1e-3; pass
-logits through a softmax first). Bad input raises `ValueError`.
+Inputs: integer `labels` of shape (n,) (or (n, 1)) in [0, k) and predicted
+class probabilities `probs` of shape (n, k). Rows of `probs` must be finite,
+non-negative and sum to 1 within 1e-3; they are used as given, never
+renormalised (pass logits through a softmax first). Anything else - empty
+input, mismatched lengths, fractional or out-of-range labels, NaN/inf -
+raises `ValueError` naming the argument.
+
+Confidence and correctness. For example i, the confidence is
+c_i = max_j p_ij and the prediction is argmax_j p_ij (the first maximal
+class on ties); the example is correct when the prediction equals its label.
+
+Binning (`calibration_bins`, B = `num_bins` bins, edges e_0 <= ... <= e_B):
+
+- Bins are right-closed: example i is in bin b when e_b < c_i <= e_{b+1}.
+  The first bin also takes everything at or below e_1 (so c = 0 lands in
+  bin 0) and the last bin everything above e_{B-1} (so c = 1, and a
+  confidence slightly above 1 from a row summing to 1 + 1e-4, lands in bin
+  B - 1). Equivalently, the bin index is the number of interior edges
+  e_1, ..., e_{B-1} strictly below c_i. Every example is in exactly one bin.
+- `binning="width"`: e_b = b / B. A confidence exactly on an edge belongs
+  to the bin below it (c = 0.5 with B = 2 is in bin 0). The comparison is
+  made in the floating precision of `probs` (float16/32/64; float64 for
+  other input): with float32 input the edges are b / B rounded to float32.
+  The streaming Keras metric works the same way, so both put a float32
+  confidence in the same bin. A valid row has c >= 1/k (up to the
+  tolerance), so the bins below 1/k are always empty.
+- `binning="mass"` (equal-mass, "adaptive"): with the confidences sorted,
+  c_(1) <= ... <= c_(n), the interior edges are e_b = c_(m_b) with
+  m_b = ceil(b·n / B), b = 1, ..., B-1; e_0 = 0 and e_B = 1. With distinct
+  confidences bin b holds exactly m_{b+1} - m_b examples (m_0 = 0,
+  m_B = n), i.e. floor(n/B) or ceil(n/B). Ties are never split: an
+  example's bin depends only on its confidence, so tied confidences share a
+  bin, which may then hold more than n/B examples while a neighbour holds
+  fewer or none. With n < B some bins are empty.
+- Empty bins have count 0 and report accuracy 0 and confidence 0; they
+  carry zero weight in the ECE and are skipped by the MCE.
+
+ECE = Σ_b (n_b / n)·|acc_b − conf_b| and MCE = max_{b: n_b > 0}
+|acc_b − conf_b|, where acc_b and conf_b are the mean correctness and the
+mean confidence in bin b.
 """
 
 import numpy as np
 
+from keras_bayes.metrics._checks import check_choice
+from keras_bayes.metrics._checks import check_labels_probs
+from keras_bayes.metrics._checks import check_positive_int
+from keras_bayes.metrics._checks import comparison_dtype
+
+BINNINGS = ("width", "mass")
+
 
 def _check(labels, probs):
-    labels = np.asarray(labels)
-    probs = np.asarray(probs, dtype=np.float64)
-    if probs.ndim != 2:
-        raise ValueError(
-            "`probs` must have shape (n, num_classes). "
-            f"Received shape {probs.shape}"
-        )
-    labels = labels.reshape(-1)
-    if labels.shape[0] != probs.shape[0]:
-        raise ValueError(
-            "`labels` and `probs` must have the same length. Received "
-            f"{labels.shape[0]} labels and {probs.shape[0]} rows of probs"
-        )
-    if labels.size and (
-        not np.all(np.equal(np.mod(labels, 1), 0))
-        or labels.min() < 0
-        or labels.max() >= probs.shape[1]
-    ):
-        raise ValueError(
-            f"`labels` must be integers in [0, {probs.shape[1] - 1}]. "
-            f"Received values in [{labels.min()}, {labels.max()}]"
-        )
-    if not np.all(np.isfinite(probs)):
-        raise ValueError("`probs` contains NaN or infinite values")
-    if np.any(probs < 0) or np.any(np.abs(probs.sum(axis=1) - 1) > 1e-3):
-        raise ValueError(
-            "`probs` rows must be non-negative and sum to 1 (within 1e-3); "
-            "apply a softmax to logits first"
-        )
-    return labels.astype(np.int64), probs
+    """Validated (labels int64 (n,), probs float64 (n, k))."""
+    return check_labels_probs(labels, probs)
 
 
 def accuracy(labels, probs):
@@ -61,28 +77,59 @@ def brier_score(labels, probs):
     return float(np.mean(np.sum((probs - onehot) ** 2, axis=1)))
 
 
-def calibration_bins(labels, probs, num_bins=15):
-    """Equal-width confidence bins over [0, 1].
+def equal_width_edges(num_bins, dtype=np.float64):
+    """[0, 1/B, ..., 1] as float64, each rounded to `dtype` first."""
+    num_bins = check_positive_int(num_bins, "num_bins")
+    nominal = np.arange(num_bins + 1, dtype=np.float64) / num_bins
+    return nominal.astype(dtype).astype(np.float64)
 
-    Bin b holds the examples with confidence in (b/B, (b+1)/B]; the first bin
-    also holds confidence 0 exactly, so every example is in one bin.
 
-    Returns a dict of arrays of length `num_bins`: `counts`, `accuracy` and
-    `confidence` (the mean within each bin; 0 for an empty bin) and `edges`
-    (length num_bins + 1).
+def equal_mass_edges(confidence, num_bins):
+    """Edges [0, c_(m_1), ..., c_(m_{B-1}), 1] with m_b = ceil(b·n/B)."""
+    num_bins = check_positive_int(num_bins, "num_bins")
+    ordered = np.sort(np.asarray(confidence, dtype=np.float64))
+    n = ordered.shape[0]
+    ranks = [-(-b * n // num_bins) for b in range(1, num_bins)]  # ceil
+    interior = ordered[np.asarray(ranks, dtype=np.int64) - 1]
+    return np.concatenate([[0.0], interior, [1.0]])
+
+
+def bin_index(confidence, edges):
+    """Right-closed bin of each confidence: #{interior edges < c}."""
+    return np.searchsorted(np.asarray(edges)[1:-1], confidence, side="left")
+
+
+def calibration_bins(labels, probs, num_bins=15, binning="width"):
+    """Per-bin counts, accuracy and confidence of the top-class prediction.
+
+    See the module docstring for the exact bin membership rule (right-closed
+    bins, edges, ties, the precision of the comparison).
+
+    Args:
+        labels: integer labels, shape (n,).
+        probs: probabilities, shape (n, k), rows summing to 1.
+        num_bins: integer B >= 1.
+        binning: "width" (equal-width bins over [0, 1]) or "mass"
+            (equal-mass bins at quantiles of the confidences).
+
+    Returns:
+        A dict of float64 arrays of length B: `counts` (n_b), `accuracy`
+        (acc_b, mean correctness in the bin; 0 if empty) and `confidence`
+        (conf_b, mean confidence in the bin; 0 if empty), and `edges` of
+        length B + 1 (nominal b / B for "width"; data quantiles for "mass").
     """
-    if isinstance(num_bins, bool) or not isinstance(num_bins, int) or (
-        num_bins < 1
-    ):
-        raise ValueError(
-            f"`num_bins` must be an integer >= 1. Received: {num_bins!r}"
-        )
+    num_bins = check_positive_int(num_bins, "num_bins")
+    check_choice(binning, "binning", BINNINGS)
+    dtype = comparison_dtype(probs)
     labels, probs = _check(labels, probs)
     confidence = probs.max(axis=1)
     correct = (probs.argmax(axis=1) == labels).astype(np.float64)
-    edges = np.linspace(0.0, 1.0, num_bins + 1)
-    index = np.clip(np.ceil(confidence * num_bins).astype(np.int64) - 1,
-                    0, num_bins - 1)
+    if binning == "width":
+        index = bin_index(confidence, equal_width_edges(num_bins, dtype))
+        edges = equal_width_edges(num_bins)
+    else:
+        edges = equal_mass_edges(confidence, num_bins)
+        index = bin_index(confidence, edges)
     counts = np.bincount(index, minlength=num_bins).astype(np.float64)
     sum_conf = np.bincount(index, weights=confidence, minlength=num_bins)
     sum_correct = np.bincount(index, weights=correct, minlength=num_bins)
@@ -95,18 +142,27 @@ def calibration_bins(labels, probs, num_bins=15):
     }
 
 
-def expected_calibration_error(labels, probs, num_bins=15):
-    """ECE = Σ_b (n_b / n)·|accuracy_b − confidence_b| over equal-width bins."""
-    bins = calibration_bins(labels, probs, num_bins)
-    total = bins["counts"].sum()
-    if total == 0:
-        return 0.0
+def expected_calibration_error(labels, probs, num_bins=15, binning="width"):
+    """ECE = Σ_b (n_b / n)·|acc_b − conf_b| (in [0, 1]).
+
+    `binning` is "width" (equal-width, the usual ECE) or "mass" (equal-mass,
+    sometimes called adaptive ECE); see `calibration_bins`.
+    """
+    bins = calibration_bins(labels, probs, num_bins, binning)
     gaps = np.abs(bins["accuracy"] - bins["confidence"])
-    return float(np.sum(bins["counts"] / total * gaps))
+    return float(np.sum(bins["counts"] / bins["counts"].sum() * gaps))
+
+
+def maximum_calibration_error(labels, probs, num_bins=15, binning="width"):
+    """MCE = max over non-empty bins b of |acc_b − conf_b| (in [0, 1])."""
+    bins = calibration_bins(labels, probs, num_bins, binning)
+    filled = bins["counts"] > 0
+    gaps = np.abs(bins["accuracy"] - bins["confidence"])
+    return float(np.max(gaps[filled]))
 
 
 def classification_report(labels, probs, num_bins=15):
-    """A dict with accuracy, nll, ece and brier."""
+    """A dict with accuracy, nll, ece (equal-width) and brier."""
     return {
         "accuracy": accuracy(labels, probs),
         "nll": negative_log_likelihood(labels, probs),

@@ -1,0 +1,82 @@
+"""One call that evaluates a predictive distribution the way the papers do."""
+
+import numpy as np
+
+from keras_bayes.metrics.calibration import classification_report
+from keras_bayes.metrics.calibration import maximum_calibration_error
+from keras_bayes.metrics.detection import misclassification_detection
+from keras_bayes.metrics.detection import ood_detection
+
+
+def _normalised(log_probs):
+    peak = log_probs.max(axis=-1, keepdims=True)
+    probs = np.exp(log_probs - peak)
+    return probs / probs.sum(axis=-1, keepdims=True)
+
+
+def _averaged(log_samples):
+    peak = log_samples.max(axis=0)
+    mean = np.log(np.exp(log_samples - peak).mean(axis=0)) + peak
+    return _normalised(mean)
+
+
+def _block(labels, probs, num_bins, sample_probs=None):
+    report = classification_report(labels, probs, num_bins)
+    report["mce"] = maximum_calibration_error(labels, probs, num_bins)
+    report["misclassification_auroc"] = misclassification_detection(
+        labels, probs)["auroc"]
+    return report
+
+
+def evaluate_uncertainty(predictive, x, y, x_ood=None, num_bins=15,
+                         ood_score="entropy", at_mean=True, averaged=True):
+    """Accuracy, calibration and detection metrics of a `Predictive`.
+
+    Args:
+        predictive: a `keras_bayes.Predictive`.
+        x, y: in-distribution inputs and integer labels.
+        x_ood: optional out-of-distribution inputs (the positive class of
+            the OOD scores).
+        num_bins: equal-width bins of ECE and MCE.
+        ood_score: the OOD score of `keras_bayes.metrics.ood_detection`
+            ("entropy", "max_prob" or "mutual_information"; the latter only
+            for the averaged predictions).
+        at_mean, averaged: which predictions to evaluate.
+
+    Returns:
+        A dict with up to two entries, `"mean"` (at the posterior mean, or
+        the weights as they are for a model without posterior) and `"bma"`
+        (the average over `predictive.num_samples` samples). Each holds
+        accuracy, nll, ece, mce, brier, misclassification_auroc (max-prob
+        confidence, correct = positive) and, with `x_ood`, ood_auroc,
+        ood_aupr_in, ood_aupr_out and ood_fpr_at_95_tpr.
+    """
+    y = np.asarray(y).reshape(-1)
+    result = {}
+    if at_mean:
+        probs = predictive.predict_at_mean(x)
+        block = _block(y, probs, num_bins)
+        if x_ood is not None:
+            score = "entropy" if ood_score == "mutual_information" else (
+                ood_score)
+            ood = ood_detection(probs, predictive.predict_at_mean(x_ood),
+                                score=score)
+            block.update({f"ood_{k}": v for k, v in ood.items()
+                          if k != "score"})
+        result["mean"] = block
+    if averaged:
+        log_samples = predictive.predict_log_samples(x)
+        probs = _averaged(log_samples)
+        block = _block(y, probs, num_bins)
+        if x_ood is not None:
+            log_ood = predictive.predict_log_samples(x_ood)
+            if ood_score == "mutual_information":
+                ood = ood_detection(_normalised(log_samples),
+                                    _normalised(log_ood), score=ood_score)
+            else:
+                ood = ood_detection(probs, _averaged(log_ood),
+                                    score=ood_score)
+            block.update({f"ood_{k}": v for k, v in ood.items()
+                          if k != "score"})
+        result["bma"] = block
+    return result

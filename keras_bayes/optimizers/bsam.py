@@ -1,0 +1,250 @@
+"""bSAM: Bayesian sharpness-aware minimization."""
+
+import numbers
+
+import keras
+from keras import ops
+
+from keras_bayes.optimizers import base
+from keras_bayes.optimizers.sam import TwoPassOptimizer
+
+
+def bsam_perturbation(gradient, precision, rho):
+    """ε = ρ·g1/s: a Newton-like step, not normalised (unlike SAM)."""
+    return rho * gradient / precision
+
+
+def bsam_curvature(gradient, precision):
+    """a = sqrt(s)·|g1|, the Gauss-Newton-like precision estimate."""
+    return ops.sqrt(precision) * ops.abs(gradient)
+
+
+def bsam_momentum(momentum, gradient, mean, beta1, weight_decay):
+    """gm = β1·gm + (1−β1)·(g2 + δ·m)."""
+    return beta1 * momentum + (1.0 - beta1) * (gradient + weight_decay * mean)
+
+
+def bsam_precision(precision, curvature, weight_decay, damping, beta2):
+    """s = β2·s + (1−β2)·(a + δ + γ)."""
+    return beta2 * precision + (1.0 - beta2) * (
+        curvature + weight_decay + damping
+    )
+
+
+def bsam_posterior_std(precision, ess):
+    """σ = 1/sqrt(N·s)."""
+    return ops.rsqrt(ess * precision)
+
+
+@keras.saving.register_keras_serializable(package="keras_bayes")
+class BSAM(TwoPassOptimizer, base.PosteriorOptimizer):
+    """bSAM: SAM as a Bayesian learning rule with a diagonal Gaussian.
+
+    bSAM (Möllenhoff & Khan, 2023) learns q(θ) = N(m, diag(1/(N·s))), with
+    N = `ess` and s a per-weight precision, by an Adam-like natural-gradient
+    step whose gradient is taken at a SAM-type perturbation of the mean.
+    Each step takes two gradients on the same minibatch, so the model must
+    be wrapped in `keras_bayes.training.TwoPassModel`:
+
+    ```
+    θ  = m + e,  e ~ N(0, 1/(N·s))            # held by the model variables
+    g1 = ∇ℓ̄(θ)                                 # pass 1, at the sample
+    a  = sqrt(s)·|g1|                          # kept in a slot
+    g2 = ∇ℓ̄(m + ρ·g1/s)                        # pass 2, same minibatch
+    gm = β1·gm + (1−β1)·(g2 + δ·m)
+    m  = m − α·gm/s                            # uses the OLD s
+    s  = β2·s + (1−β2)·(a + δ + γ)
+    θ  = m + e',  e' ~ N(0, 1/(N·s))           # the next sample
+    ```
+
+    The mean is updated with the precision from before this step and the
+    precision afterwards, as in the official code (`bayesian-sam`,
+    `optim.py`); the paper's algorithm box lists the s update first. δ
+    (`weight_decay`) is the prior precision per example (the official
+    `priorprec / N`) and enters the momentum, unlike IVON. γ (`damping`)
+    keeps s ≥ γ + δ after a few steps, so σ² ≤ 1/(N·(γ + δ)).
+
+    The first step of a `fit` (and the first after the mean was written
+    back) takes g1 at the mean itself, since no sample has been drawn yet.
+
+    Between steps the model's variables hold the sample θ and this optimizer
+    holds m, s and gm (plus `a` between the two passes); at the end of `fit`
+    the variables receive m. The posterior API of
+    `keras_bayes.optimizers.PosteriorOptimizer` (`posterior_mean`,
+    `posterior_std`, `sampled_weights`, `mean_weights`) applies.
+
+    Recipe of the official README (ResNet-18, CIFAR-10 with augmentation):
+    α = 0.5 with warmup and cosine decay, β1 = 0.9, β2 = 0.999, ρ = 0.01,
+    priorprec 40 and N = 4·50 000 (so δ = 2e-4), batch 200. bSAM's ρ is
+    5–1000× smaller than SAM's, because ρ·g/s is not normalised.
+
+    Args:
+        learning_rate: float >= 0, a `LearningRateSchedule` or a callable.
+        ess: float > 0, N: the training-set size (times the augmentation
+            factor).
+        rho: float >= 0, the perturbation scale ρ. Defaults to 0.01.
+        beta1: float in [0, 1), the momentum rate. Defaults to 0.9.
+        beta2: float in [0, 1), the precision rate. Defaults to 0.999.
+        weight_decay: float >= 0, the prior precision per example δ.
+            `exclude_from_weight_decay` gives δ = 0 to variables. Defaults
+            to 2e-4.
+        damping: float >= 0, γ. Defaults to 0.1.
+        precision_init: float > 0, the initial precision s0. Defaults
+            to 1.0.
+        batch_split: int, the number of sub-batches of m-sharpness. Only 1
+            (the whole minibatch is one group) is supported so far.
+        seed: int or None, the seed of the posterior noise.
+        fused_update: bool or None, see `PosteriorOptimizer`.
+        **kwargs: `clipnorm`, `clipvalue`, `global_clipnorm` (applied to g2
+            only), `loss_scale_factor` and `name`. `use_ema` and
+            `gradient_accumulation_steps` are rejected.
+
+    Reference:
+        Möllenhoff & Khan, "SAM as an Optimal Relaxation of Bayes",
+        ICLR 2023, arXiv:2210.01620.
+    """
+
+    state_names = ("mean", "precision", "momentum")
+
+    def __init__(
+        self,
+        learning_rate,
+        ess,
+        rho=0.01,
+        beta1=0.9,
+        beta2=0.999,
+        weight_decay=2e-4,
+        damping=0.1,
+        precision_init=1.0,
+        batch_split=1,
+        seed=None,
+        name=None,
+        **kwargs,
+    ):
+        ess = base.check_number("ess", ess, low=0.0, low_open=True)
+        rho = base.check_number("rho", rho, low=0.0)
+        beta1 = base.check_number("beta1", beta1, low=0.0, high=1.0,
+                                  high_open=True)
+        beta2 = base.check_number("beta2", beta2, low=0.0, high=1.0,
+                                  high_open=True)
+        damping = base.check_number("damping", damping, low=0.0)
+        precision_init = base.check_number(
+            "precision_init", precision_init, low=0.0, low_open=True
+        )
+        if (
+            isinstance(batch_split, bool)
+            or not isinstance(batch_split, numbers.Integral)
+            or batch_split < 1
+        ):
+            raise ValueError(
+                "`batch_split` must be an integer >= 1. "
+                f"Received: batch_split={batch_split!r}"
+            )
+        if batch_split != 1:
+            raise ValueError(
+                "`batch_split` > 1 (m-sharpness over sub-batches) is not "
+                "implemented yet; only batch_split=1 is supported. "
+                f"Received: batch_split={batch_split}"
+            )
+        self._check_two_pass_kwargs("BSAM", kwargs)
+        super().__init__(
+            learning_rate=learning_rate,
+            weight_decay=weight_decay,
+            seed=seed,
+            name=name or "BSAM",
+            **kwargs,
+        )
+        self.ess = ess
+        self.rho = rho
+        self.beta1 = beta1
+        self.beta2 = beta2
+        self.damping = damping
+        self.precision_init = precision_init
+        self.batch_split = int(batch_split)
+
+    def build(self, var_list):
+        if self.built:
+            return
+        super().build(var_list)
+        # a = sqrt(s)·|g1|, written by `second_pass_point` and read by the
+        # update. In `_state` so that both the per-variable and the fused
+        # update path read it; never written back by `_posterior_update`.
+        self._state["curvature"] = [
+            self.add_variable_from_reference(
+                v, name="bsam_curvature", initializer="zeros")
+            for v in var_list
+        ]
+
+    def _state_initializer(self, name, variable):
+        if name == "precision":
+            return keras.initializers.Constant(self.precision_init)
+        return super()._state_initializer(name, variable)
+
+    def second_pass_point(self, gradients, trainable_variables=None):
+        """m + ρ·g1/s per variable; stores a = sqrt(s)·|g1| in a slot."""
+        grads, variables = self._variables_for_point(gradients,
+                                                     trainable_variables)
+        first = ops.equal(self.iterations, 0)
+        points = []
+        for gradient, variable in zip(grads, variables):
+            index = self._get_variable_index(variable)
+            sample = ops.convert_to_tensor(variable)
+            mean = ops.where(
+                first, sample,
+                ops.convert_to_tensor(self._state["mean"][index]),
+            )
+            precision = ops.convert_to_tensor(
+                self._state["precision"][index])
+            self.assign(self._state["curvature"][index],
+                        bsam_curvature(gradient, precision))
+            points.append(
+                mean + bsam_perturbation(gradient, precision, self.rho))
+        return points
+
+    def finalize_variable_values(self, var_list):
+        # On JAX, when a training step fails while it is traced (e.g. BSAM
+        # used without `TwoPassModel`), `fit` still calls this method while
+        # the optimizer's state is detached from its variables; reading the
+        # mean would then hide the original error. Private API (Keras 3.15):
+        # `Variable._value`, None while the JAX trainer holds the state.
+        if keras.backend.backend() == "jax" and any(
+            getattr(m, "_value", 0) is None for m in self._state["mean"]
+        ):
+            return
+        super().finalize_variable_values(var_list)
+
+    def _posterior_std(self, state, weight_decay):
+        return bsam_posterior_std(state["precision"], self.ess)
+
+    def _posterior_update(self, gradient, sample, state, learning_rate,
+                          weight_decay):
+        mean = state["mean"]
+        precision = state["precision"]
+        new_momentum = bsam_momentum(state["momentum"], gradient, mean,
+                                     self.beta1, weight_decay)
+        new_mean = mean - learning_rate * new_momentum / precision
+        new_precision = bsam_precision(precision, state["curvature"],
+                                       weight_decay, self.damping,
+                                       self.beta2)
+        new_state = {
+            "mean": new_mean,
+            "precision": new_precision,
+            "momentum": new_momentum,
+        }
+        return new_state, bsam_posterior_std(new_precision, self.ess)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({
+            "ess": self.ess,
+            "rho": self.rho,
+            "beta1": self.beta1,
+            "beta2": self.beta2,
+            "damping": self.damping,
+            "precision_init": self.precision_init,
+            "batch_split": self.batch_split,
+        })
+        return config
+
+
+__all__ = ["BSAM"]
