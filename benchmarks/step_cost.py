@@ -97,6 +97,11 @@ OPTIMIZERS = {
         learning_rate=0.05, ess=TRAIN_SET_SIZE, hess_init=0.5,
         weight_decay=2e-4, seed=0, fused_update=False,
     ),
+    # Two gradients per step: trained through keras_bayes.TwoPassModel.
+    "sam": lambda: kb_optimizers.SAM(learning_rate=0.01, rho=0.05),
+    "bsam": lambda: kb_optimizers.BSAM(
+        learning_rate=0.05, ess=TRAIN_SET_SIZE, rho=0.01, seed=0,
+    ),
 }
 
 QUICK = {"batch_size": 32, "steps": 6, "data_batches": 3, "rounds": 2,
@@ -236,6 +241,8 @@ class Contender:
         self.model = build_model()
         self.model.set_weights(initial_weights)
         self.optimizer = OPTIMIZERS[name]()
+        if kb_optimizers.TwoPassOptimizer in type(self.optimizer).__mro__:
+            self.model = keras_bayes.TwoPassModel(self.model)
         self.model.compile(
             optimizer=self.optimizer,
             loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),

@@ -7,7 +7,17 @@
 from keras_bayes import callbacks
 from keras_bayes import metrics
 from keras_bayes import optimizers
+from keras_bayes import training
 from keras_bayes.predictive import Predictive
+from keras_bayes.training import TwoPassModel
 from keras_bayes.version import __version__
 
-__all__ = ["Predictive", "callbacks", "metrics", "optimizers", "__version__"]
+__all__ = [
+    "Predictive",
+    "TwoPassModel",
+    "callbacks",
+    "metrics",
+    "optimizers",
+    "training",
+    "__version__",
+]

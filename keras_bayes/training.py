@@ -50,7 +50,12 @@ def _unscale_gradients(optimizer, grads):
     """g1 is taken from the scaled loss; the perturbation needs it unscaled."""
     scale = None
     if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
-        scale = ops.convert_to_tensor(optimizer.dynamic_scale)
+        # As `LossScaleOptimizer.scale_loss`: before it is built (TF builds
+        # it in its first `apply`), the loss was scaled by `initial_scale`.
+        scale = (
+            ops.convert_to_tensor(optimizer.dynamic_scale)
+            if optimizer.built else optimizer.initial_scale
+        )
     inner = _unwrap(optimizer)
     if inner.loss_scale_factor is not None:
         factor = inner.loss_scale_factor
@@ -97,11 +102,6 @@ class TwoPassModel(keras.Model):
         self.bn_update = bn_update
         if getattr(inner, "built", False):
             self.built = True
-
-    def build(self, input_shape):
-        if not self.inner.built:
-            self.inner.build(input_shape)
-        self.built = True
 
     def call(self, inputs, training=None):
         return self.inner(inputs, training=training)

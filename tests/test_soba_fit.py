@@ -222,7 +222,7 @@ def test_predictive_averages_samples(digits):
     mean = model.get_weights()
     pred = keras_bayes.Predictive(model, num_samples=4, from_logits=True,
                                   seed=0)
-    logp = pred.predict_samples_log(xv)
+    logp = pred.predict_log_samples(xv)
     assert logp.shape == (4, len(xv), 10)
     probs = pred.predict(xv)
     np.testing.assert_allclose(probs.sum(1), 1.0, rtol=1e-6)

@@ -187,3 +187,30 @@ def test_wrapper_saves_and_loads_with_sam(tmp_path):
         model.train_on_batch(x, y)
     for a, b in zip(wrapper.get_weights(), loaded.get_weights()):
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("bn_update", ["first", "both"])
+@EAGER
+def test_dropout_masks_of_the_two_passes(bn_update, eager):
+    # With rho = 0 the second pass runs at the weights themselves: with the
+    # same Dropout mask ("first") g2 equals g1 and SAM makes exactly an SGD
+    # step; with "both" pass 2 draws a fresh mask.
+    x, y = data(n=16, d=6)
+
+    def model():
+        init = keras.initializers.RandomNormal(stddev=0.5, seed=3)
+        return keras.Sequential([
+            keras.Input((6,)),
+            keras.layers.Dense(32, activation="tanh", kernel_initializer=init),
+            keras.layers.Dropout(0.5, seed=11),
+            keras.layers.Dense(2, kernel_initializer=init),
+        ])
+
+    sam = compiled(model(), SAM(0.1, rho=0.0, momentum=0.0), eager,
+                   bn_update=bn_update)
+    sgd = compiled(model(), keras.optimizers.SGD(0.1), eager)
+    sam.train_on_batch(x, y)
+    sgd.train_on_batch(x, y)
+    same = all(np.allclose(a, b, rtol=1e-5, atol=1e-6)
+               for a, b in zip(sam.get_weights(), sgd.get_weights()))
+    assert same == (bn_update == "first")

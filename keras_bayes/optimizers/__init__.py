@@ -1,7 +1,11 @@
 """Bayesian optimizers: Keras optimizers that learn a posterior."""
 
 from keras_bayes.optimizers.base import PosteriorOptimizer
+from keras_bayes.optimizers.bsam import BSAM
+from keras_bayes.optimizers.sam import SAM
+from keras_bayes.optimizers.sam import TwoPassOptimizer
 from keras_bayes.optimizers.soba import IVON
 from keras_bayes.optimizers.soba import SOBA
 
-__all__ = ["IVON", "PosteriorOptimizer", "SOBA"]
+__all__ = ["BSAM", "IVON", "PosteriorOptimizer", "SAM", "SOBA",
+           "TwoPassOptimizer"]

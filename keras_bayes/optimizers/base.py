@@ -348,6 +348,15 @@ class PosteriorOptimizer(keras.optimizers.Optimizer):
     def finalize_variable_values(self, var_list):
         """Write the posterior mean into the model (called at `fit` end)."""
         super().finalize_variable_values(var_list)
+        # On JAX, when a training step fails while it is traced, `fit` still
+        # calls this method with the optimizer's state detached from its
+        # variables; reading the mean would then hide the original error.
+        # Private API (Keras 3.15): `Variable._value` is None while the JAX
+        # trainer holds the state.
+        if keras.backend.backend() == "jax" and any(
+            getattr(m, "_value", 0) is None for m in self._state["mean"]
+        ):
+            return
         self._write_into_model(self._mean_values())
 
     # ------------------------------------------------------------------

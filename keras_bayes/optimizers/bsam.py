@@ -201,18 +201,6 @@ class BSAM(TwoPassOptimizer, base.PosteriorOptimizer):
                 mean + bsam_perturbation(gradient, precision, self.rho))
         return points
 
-    def finalize_variable_values(self, var_list):
-        # On JAX, when a training step fails while it is traced (e.g. BSAM
-        # used without `TwoPassModel`), `fit` still calls this method while
-        # the optimizer's state is detached from its variables; reading the
-        # mean would then hide the original error. Private API (Keras 3.15):
-        # `Variable._value`, None while the JAX trainer holds the state.
-        if keras.backend.backend() == "jax" and any(
-            getattr(m, "_value", 0) is None for m in self._state["mean"]
-        ):
-            return
-        super().finalize_variable_values(var_list)
-
     def _posterior_std(self, state, weight_decay):
         return bsam_posterior_std(state["precision"], self.ess)
 
