@@ -5,6 +5,7 @@
 """
 
 from keras_bayes import callbacks
+from keras_bayes import layers
 from keras_bayes import metrics
 from keras_bayes import optimizers
 from keras_bayes import training
@@ -16,6 +17,7 @@ __all__ = [
     "Predictive",
     "TwoPassModel",
     "callbacks",
+    "layers",
     "metrics",
     "optimizers",
     "training",

@@ -7,7 +7,8 @@
 Prints one table: accuracy, NLL, ECE, Brier score and misclassification AUROC
 (max-probability confidence, correct predictions positive) of Adam at its
 weights, of SOBA at its posterior mean, and of SOBA averaged over posterior
-samples (the Bayesian model average), and writes a reliability diagram PNG.
+samples (the Bayesian model average), and writes a reliability diagram PNG
+and a two-moons predictive-uncertainty map PNG.
 Runs on whichever backend KERAS_BACKEND names.
 """
 
@@ -86,6 +87,48 @@ def train(optimizer, data, args):
     return model, time.perf_counter() - start
 
 
+def uncertainty_map(args):
+    """Adam vs SOBA on two moons: where is each model uncertain?"""
+    try:
+        from keras_bayes import plots
+    except ImportError:  # pragma: no cover - matplotlib is optional
+        print("matplotlib not installed: no uncertainty map")
+        return
+    from sklearn.datasets import make_moons
+
+    x, y = make_moons(n_samples=200, noise=0.1, random_state=args.seed)
+    x = ((x - x.mean(0)) / x.std(0)).astype("float32")
+    fns = {}
+    for name in ("Adam", "SOBA, 32-sample average"):
+        keras.utils.set_random_seed(args.seed)
+        model = keras.Sequential([
+            keras.Input((2,)),
+            keras.layers.Dense(64, activation="tanh"),
+            keras.layers.Dense(64, activation="tanh"),
+            keras.layers.Dense(2),
+        ])
+        if name == "Adam":
+            optimizer = keras.optimizers.Adam(1e-2)
+        else:
+            optimizer = keras_bayes.optimizers.SOBA(
+                0.2, ess=len(x), hess_init=0.1, beta2=0.99,
+                weight_decay=1e-3, seed=args.seed)
+        model.compile(optimizer, keras.losses.SparseCategoricalCrossentropy(
+            from_logits=True))
+        model.fit(x, y, batch_size=32, epochs=args.map_epochs, verbose=0)
+        if name == "Adam":
+            fns[name] = (lambda m: lambda g: softmax(
+                np.asarray(m.predict(g, batch_size=4096, verbose=0))))(model)
+        else:
+            fns[name] = keras_bayes.Predictive(
+                model, num_samples=32, from_logits=True, seed=args.seed,
+                batch_size=4096).predict
+    fig = plots.uncertainty_map(fns, x, y, resolution=80, margin=2.0,
+                                title="two moons: predictive entropy")
+    fig.savefig(args.map, dpi=110)
+    print(f"uncertainty map written to {args.map}")
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", choices=["mnist1d", "digits", "cifar10"],
@@ -103,6 +146,10 @@ def main(argv=None):
     parser.add_argument("--json", default=None, help="write results here")
     parser.add_argument("--plot", default="reliability.png",
                         help="reliability diagram PNG ('' to skip)")
+    parser.add_argument("--map", default="uncertainty_map.png",
+                        help="two-moons predictive-uncertainty map PNG "
+                        "('' to skip)")
+    parser.add_argument("--map-epochs", type=int, default=300)
     args = parser.parse_args(argv)
     if args.epochs is None:
         args.epochs = 15 if args.dataset == "cifar10" else 60
@@ -152,6 +199,8 @@ def main(argv=None):
                 yt, probs, title=f"{args.dataset}, test set")
             fig.savefig(args.plot, dpi=110)
             print(f"reliability diagram written to {args.plot}")
+    if args.map:
+        uncertainty_map(args)
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"backend": keras.backend.backend(),

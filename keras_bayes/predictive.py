@@ -141,12 +141,13 @@ class Predictive:
         previous = optimizer._read_model()
         try:
             out = []
+            variables = optimizer.posterior_variables()
             for _ in range(self.num_samples):
-                optimizer._write_into_model([
-                    (mean + std * rng.standard_normal(mean.shape)).astype(
-                        mean.dtype)
-                    for mean, std in mean_and_std
-                ])
+                for variable, (mean, std) in zip(variables, mean_and_std):
+                    # A freshly drawn host array: no aliasing to guard.
+                    variable.assign(
+                        (mean + std * rng.standard_normal(mean.shape)
+                         ).astype(mean.dtype))
                 out.append(self._predict_log(x))
             return np.stack(out)
         finally:

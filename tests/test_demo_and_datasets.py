@@ -17,7 +17,8 @@ def test_demo_prints_the_table(tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "keras_bayes.demo", "--epochs", "3",
          "--samples", "4", "--json", str(out),
-         "--plot", str(tmp_path / "rel.png")],
+         "--plot", str(tmp_path / "rel.png"),
+         "--map", str(tmp_path / "map.png"), "--map-epochs", "2"],
         cwd=ROOT, capture_output=True, text=True, timeout=600,
         env={**os.environ},
     )
@@ -32,6 +33,7 @@ def test_demo_prints_the_table(tmp_path):
         assert 0.2 < acc <= 1 and 0 < nll < 3 and 0 <= ece < 1
         assert 0 <= brier <= 2 and 0.5 < auroc <= 1
     assert (tmp_path / "rel.png").stat().st_size > 1000
+    assert (tmp_path / "map.png").stat().st_size > 1000
     import json
 
     results = json.loads(out.read_text())["results"]
