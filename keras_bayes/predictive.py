@@ -1,11 +1,9 @@
 """Predictions averaged over posterior samples (Bayesian model averaging)."""
 
-import numbers
-
-import keras
 import numpy as np
 from keras import ops
 
+from keras_bayes.optimizers.base import check_positive_integer
 from keras_bayes.optimizers.base import unwrap_optimizer
 
 METHODS = ("posterior", "dropout")
@@ -66,29 +64,13 @@ class Predictive:
     def __init__(self, model, num_samples=32, optimizer=None,
                  from_logits=False, seed=None, batch_size=256,
                  method="posterior"):
-        if (
-            isinstance(num_samples, bool)
-            or not isinstance(num_samples, numbers.Integral)
-            or num_samples < 1
-        ):
-            raise ValueError(
-                "`num_samples` must be an integer >= 1. "
-                f"Received: num_samples={num_samples!r}"
-            )
+        num_samples = check_positive_integer("num_samples", num_samples)
         if method not in METHODS:
             raise ValueError(
                 f"`method` must be one of {list(METHODS)}. "
                 f"Received: method={method!r}"
             )
-        if (
-            isinstance(batch_size, bool)
-            or not isinstance(batch_size, numbers.Integral)
-            or batch_size < 1
-        ):
-            raise ValueError(
-                "`batch_size` must be an integer >= 1. "
-                f"Received: batch_size={batch_size!r}"
-            )
+        batch_size = check_positive_integer("batch_size", batch_size)
         posterior = unwrap_optimizer(
             optimizer if optimizer is not None
             else getattr(model, "optimizer", None)

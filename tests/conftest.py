@@ -1,5 +1,3 @@
-import os
-
 # Importing torch before TensorFlow avoids a known segfault when both load in
 # one process (Keras' own conftest does the same); the ivon-opt reference
 # test needs torch on every backend.
@@ -9,7 +7,6 @@ except ImportError:
     pass
 
 import keras
-import numpy as np
 import pytest
 
 

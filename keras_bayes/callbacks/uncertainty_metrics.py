@@ -4,6 +4,7 @@ import keras
 import numpy as np
 
 from keras_bayes.metrics.report import evaluate_uncertainty
+from keras_bayes.optimizers.base import check_positive_integer
 from keras_bayes.optimizers.base import unwrap_optimizer
 from keras_bayes.predictive import Predictive
 
@@ -60,14 +61,8 @@ class UncertaintyMetrics(keras.callbacks.Callback):
             raise ValueError(
                 "`validation_data` must be a tuple (x, y). Received: "
                 f"{type(validation_data).__name__}")
-        if isinstance(frequency, bool) or not isinstance(frequency, int) or (
-                frequency < 1):
-            raise ValueError(
-                f"`frequency` must be an integer >= 1. Received: {frequency!r}")
-        if isinstance(num_samples, bool) or not isinstance(
-                num_samples, int) or num_samples < 1:
-            raise ValueError("`num_samples` must be an integer >= 1. "
-                             f"Received: num_samples={num_samples!r}")
+        frequency = check_positive_integer("frequency", frequency)
+        num_samples = check_positive_integer("num_samples", num_samples)
         x, y = validation_data
         if len(x) != len(y):
             raise ValueError(

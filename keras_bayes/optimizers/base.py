@@ -63,6 +63,19 @@ def check_number(name, value, low=None, high=None, low_open=False,
     return value
 
 
+def check_positive_integer(name, value):
+    """Raise a `ValueError` naming `name` unless `value` is an int >= 1."""
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, numbers.Integral)
+        or value < 1
+    ):
+        raise ValueError(
+            f"`{name}` must be an integer >= 1. Received: {name}={value!r}"
+        )
+    return int(value)
+
+
 def check_choice(name, value, choices):
     if value not in choices:
         raise ValueError(

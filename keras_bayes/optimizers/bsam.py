@@ -1,6 +1,5 @@
 """bSAM: Bayesian sharpness-aware minimization."""
 
-import numbers
 
 import keras
 from keras import ops
@@ -131,15 +130,7 @@ class BSAM(TwoPassOptimizer, base.PosteriorOptimizer):
         precision_init = base.check_number(
             "precision_init", precision_init, low=0.0, low_open=True
         )
-        if (
-            isinstance(batch_split, bool)
-            or not isinstance(batch_split, numbers.Integral)
-            or batch_split < 1
-        ):
-            raise ValueError(
-                "`batch_split` must be an integer >= 1. "
-                f"Received: batch_split={batch_split!r}"
-            )
+        batch_split = base.check_positive_integer("batch_split", batch_split)
         if batch_split != 1:
             raise ValueError(
                 "`batch_split` > 1 (m-sharpness over sub-batches) is not "

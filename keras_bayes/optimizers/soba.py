@@ -154,15 +154,7 @@ class SOBA(base.PosteriorOptimizer):
         clip_radius = base.check_number(
             "clip_radius", clip_radius, low=0.0, low_open=True, allow_inf=True
         )
-        if (
-            isinstance(mc_samples, bool)
-            or not isinstance(mc_samples, int)
-            or mc_samples < 1
-        ):
-            raise ValueError(
-                "`mc_samples` must be an integer >= 1. "
-                f"Received: mc_samples={mc_samples!r}"
-            )
+        mc_samples = base.check_positive_integer("mc_samples", mc_samples)
         if mc_samples > 1:
             raise ValueError(
                 "`mc_samples` > 1 needs several forward/backward passes on "
