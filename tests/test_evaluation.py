@@ -222,3 +222,21 @@ def test_plots_are_written(split_mnist1d, tmp_path):
         {"flat": lambda g: np.full((len(g), 3), 1 / 3)}, x2,
         (x2[:, 0] > 0).astype(int), resolution=20)
     fig.savefig(str(tmp_path / "map.png"))
+
+
+def test_predictive_and_callback_with_bsam(split_mnist1d):
+    """The evaluation tools work with any keras_bayes optimizer."""
+    xi, yi, xti, yti, xto = split_mnist1d
+    model = keras_bayes.TwoPassModel(_mlp())
+    opt = keras_bayes.optimizers.BSAM(0.05, ess=len(xi), rho=0.01, seed=0)
+    model.compile(opt, LOSS)
+    hist = model.fit(xi, yi, epochs=1, batch_size=64, verbose=0, callbacks=[
+        keras_bayes.callbacks.UncertaintyMetrics(
+            (xti, yti), ood_data=xto, num_samples=2, from_logits=True)])
+    assert np.isfinite(hist.history["val_bma_ood_auroc"][0])
+    weights_close(model.get_weights(), opt.posterior_mean(), atol=0)
+    samples = keras_bayes.Predictive(model, 3, from_logits=True,
+                                     seed=0).predict_log_samples(xti)
+    assert samples.shape == (3, len(xti), 6)
+    assert not np.allclose(samples[0], samples[1])
+    weights_close(model.get_weights(), opt.posterior_mean(), atol=0)
