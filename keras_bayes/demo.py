@@ -23,6 +23,7 @@ import keras_bayes
 from keras_bayes import datasets
 from keras_bayes.metrics.calibration import classification_report
 from keras_bayes.metrics.detection import misclassification_detection
+from keras_bayes.predictive import softmax
 
 
 def build_model(input_shape, num_classes, seed):
@@ -59,12 +60,6 @@ def load(args):
     return datasets.load_cifar10(
         path=args.data_path, train_size=args.train_size,
         test_size=args.test_size, seed=args.seed)
-
-
-def softmax(logits):
-    z = logits - logits.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
 
 
 def train(optimizer, data, args):

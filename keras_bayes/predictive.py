@@ -22,6 +22,12 @@ def average_log_probs(log_probs):
     return logsumexp(log_probs, axis=0) - np.log(log_probs.shape[0])
 
 
+def softmax(logits):
+    """Probabilities from logits or unnormalised log-probabilities (last
+    axis); also renormalises log-probabilities that rounding moved."""
+    return np.exp(logits - logsumexp(logits, axis=-1, keepdims=True))
+
+
 class Predictive:
     """Averages a classifier's predictions over posterior samples.
 
@@ -157,6 +163,5 @@ class Predictive:
 
     def predict(self, x):
         """The model average of the class probabilities, shape (n, k)."""
-        averaged = average_log_probs(self.predict_log_samples(x))
-        # Renormalise rounding so rows sum to one for the metrics.
-        return np.exp(averaged - logsumexp(averaged, axis=-1, keepdims=True))
+        # Renormalised so that rows sum to one for the metrics.
+        return softmax(average_log_probs(self.predict_log_samples(x)))

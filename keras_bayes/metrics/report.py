@@ -6,21 +6,15 @@ from keras_bayes.metrics.calibration import classification_report
 from keras_bayes.metrics.calibration import maximum_calibration_error
 from keras_bayes.metrics.detection import misclassification_detection
 from keras_bayes.metrics.detection import ood_detection
-
-
-def _normalised(log_probs):
-    peak = log_probs.max(axis=-1, keepdims=True)
-    probs = np.exp(log_probs - peak)
-    return probs / probs.sum(axis=-1, keepdims=True)
+from keras_bayes.predictive import average_log_probs
+from keras_bayes.predictive import softmax
 
 
 def _averaged(log_samples):
-    peak = log_samples.max(axis=0)
-    mean = np.log(np.exp(log_samples - peak).mean(axis=0)) + peak
-    return _normalised(mean)
+    return softmax(average_log_probs(log_samples))
 
 
-def _block(labels, probs, num_bins, sample_probs=None):
+def _block(labels, probs, num_bins):
     report = classification_report(labels, probs, num_bins)
     report["mce"] = maximum_calibration_error(labels, probs, num_bins)
     report["misclassification_auroc"] = misclassification_detection(
@@ -71,8 +65,8 @@ def evaluate_uncertainty(predictive, x, y, x_ood=None, num_bins=15,
         if x_ood is not None:
             log_ood = predictive.predict_log_samples(x_ood)
             if ood_score == "mutual_information":
-                ood = ood_detection(_normalised(log_samples),
-                                    _normalised(log_ood), score=ood_score)
+                ood = ood_detection(softmax(log_samples),
+                                    softmax(log_ood), score=ood_score)
             else:
                 ood = ood_detection(probs, _averaged(log_ood),
                                     score=ood_score)
