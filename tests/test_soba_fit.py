@@ -30,8 +30,7 @@ def test_fit_trains_and_ends_at_the_mean(digits, kind, eager):
     after = model.evaluate(xv, yv, verbose=0)
     assert after[0] < 0.5 * before and after[1] > 0.7
     # After fit the model holds the posterior mean, in the model's order.
-    weights_close(model.trainable_weights and
-                  [v.numpy() for v in model.trainable_variables],
+    weights_close([v.numpy() for v in model.trainable_variables],
                   opt.posterior_mean(), atol=0)
     stds = opt.posterior_std()
     assert [s.shape for s in stds] == [
