@@ -9,11 +9,13 @@ from keras_bayes import layers
 from keras_bayes import metrics
 from keras_bayes import optimizers
 from keras_bayes import training
+from keras_bayes.posterior import Posterior
 from keras_bayes.predictive import Predictive
 from keras_bayes.training import TwoPassModel
 from keras_bayes.version import __version__
 
 __all__ = [
+    "Posterior",
     "Predictive",
     "TwoPassModel",
     "callbacks",

@@ -21,11 +21,15 @@ in `pyproject.toml`): `BaseOptimizer._track_variable`,
 
 import contextlib
 import math
+import os
 import numbers
 
 import keras
 import numpy as np
 from keras import ops
+
+from keras_bayes.posterior import Posterior
+from keras_bayes.posterior import PriorSpec
 
 
 def check_number(name, value, low=None, high=None, low_open=False,
@@ -113,6 +117,45 @@ def _single_device():
     return True
 
 
+def _as_prior(prior):
+    if prior is None or isinstance(prior, (Posterior, PriorSpec)):
+        return prior
+    if isinstance(prior, dict):
+        return PriorSpec(**prior)
+    if isinstance(prior, str):
+        if not (prior.endswith(".npz") and os.path.isfile(prior)):
+            raise ValueError(
+                "`prior` given as a path must name an existing .npz file "
+                f"written by `Posterior.save`. Received: prior={prior!r}"
+            )
+        return Posterior.load(prior)
+    raise ValueError(
+        "`prior` must be a keras_bayes.Posterior (e.g. "
+        "`optimizer.posterior()` of an earlier task), the path of a "
+        f"Posterior saved as .npz, or None. Received: prior={prior!r}"
+    )
+
+
+def centred_update(update, center, gradient, sample, state, learning_rate,
+                   weight_decay):
+    """`update` with the prior centred on `center` instead of 0.
+
+    Every keras_bayes update is equivariant under a shift of the weights
+    except for its prior term δ·m; running it on θ − c and m − c and shifting
+    the new mean back turns that term into δ·(m − c), the gradient of the
+    prior N(c, 1/(λδ)), and leaves the rest unchanged.
+    """
+    if center is None:
+        return update(gradient, sample, state, learning_rate, weight_decay)
+    state = dict(state)
+    state["mean"] = state["mean"] - center
+    new_state, std = update(gradient, sample - center, state, learning_rate,
+                            weight_decay)
+    new_state = dict(new_state)
+    new_state["mean"] = new_state["mean"] + center
+    return new_state, std
+
+
 def unwrap_optimizer(optimizer):
     """The keras_bayes optimizer inside a `LossScaleOptimizer`, or None."""
     optimizer = getattr(optimizer, "inner_optimizer", optimizer)
@@ -155,12 +198,25 @@ class PosteriorOptimizer(keras.optimizers.Optimizer):
             concatenated). Both paths compute the same update; only the
             arrangement of the random draws differs. Defaults to None: True
             on the torch backend, False on the others.
+        prior: None, a `keras_bayes.Posterior` (typically
+            `optimizer.posterior()` after an earlier task) or the path of
+            one saved with `Posterior.save`. None (the default) is the
+            isotropic prior N(0, 1/(λδ)) set by `weight_decay`. A Posterior
+            replaces it by the diagonal Gaussian N(m₀, diag(1/(τ·P₀))) on
+            the variables it matches (by path): in the update, δ becomes the
+            per-weight τ·P₀/λ and the prior term δ·m becomes δ·(m − m₀), with
+            λ = `ess`. Variables it does not match (a new head) keep the
+            weight-decay prior. The prior is saved with the optimizer.
+        prior_strength: float > 0, τ, the tempering factor of the prior's
+            precision. 1 (the default) is exact sequential Bayesian
+            updating; below 1 the old tasks weigh less.
     """
 
     state_names = ("mean",)
 
     def __init__(self, learning_rate, weight_decay=0.0, seed=None,
-                 fused_update=None, name=None, **kwargs):
+                 fused_update=None, prior=None, prior_strength=1.0,
+                 name=None, **kwargs):
         if kwargs.get("use_ema"):
             raise ValueError(
                 f"`use_ema=True` is not supported by {type(self).__name__}: "
@@ -187,6 +243,12 @@ class PosteriorOptimizer(keras.optimizers.Optimizer):
         )
         self.seed = seed
         self.fused_update = None if fused_update is None else bool(fused_update)
+        self.prior = _as_prior(prior)
+        self.prior_strength = check_number(
+            "prior_strength", prior_strength, low=0.0, low_open=True)
+        # Set when the prior's values come from a config (paths and shapes
+        # only) and have not been loaded yet.
+        self._prior_values_missing = False
         # Measured on CPU: a clear gain on torch (kernel launches, and one
         # host sync per random call), none on JAX or TensorFlow, whose
         # compilers already fuse the per-variable updates.
@@ -230,6 +292,63 @@ class PosteriorOptimizer(keras.optimizers.Optimizer):
                 )
                 for variable in var_list
             ]
+        self._prior_slots = None
+        if self.prior is not None:
+            self._build_prior(var_list)
+
+    def _build_prior(self, var_list):
+        """Slots with the prior's centre m₀ and per-example precision δ."""
+        ess = getattr(self, "ess", None)
+        if ess is None:
+            raise ValueError(
+                f"{type(self).__name__} does not support `prior`: it has no "
+                "effective sample size `ess` to scale the prior by."
+            )
+        matches = self.prior.match(var_list)
+        self._prior_values_missing = isinstance(self.prior, PriorSpec)
+        self._prior_slots = {"mean": [], "precision": []}
+        for variable, match in zip(var_list, matches):
+            if match is None:
+                center = np.zeros(tuple(variable.shape), "float32")
+                delta = np.full(tuple(variable.shape),
+                                self._weight_decay_for(variable), "float32")
+            else:
+                center = match[0]
+                delta = self.prior_strength * match[1] / ess
+            for name, value in (("mean", center), ("precision", delta)):
+                self._prior_slots[name].append(
+                    self.add_variable_from_reference(
+                        variable,
+                        name=f"prior_{name}",
+                        initializer=(
+                            lambda shape, dtype, value=value:
+                            ops.cast(ops.convert_to_tensor(value), dtype)
+                        ),
+                    )
+                )
+
+    def load_own_variables(self, store):
+        super().load_own_variables(store)
+        self._prior_values_missing = False
+
+    def _prior_terms(self, index, variable):
+        """(δ, centre) of the prior of variable `index`; centre None at 0."""
+        if self._prior_slots is None:
+            return self._weight_decay_for(variable), None
+        return (
+            ops.convert_to_tensor(self._prior_slots["precision"][index]),
+            ops.convert_to_tensor(self._prior_slots["mean"][index]),
+        )
+
+    def apply(self, grads, trainable_variables=None):
+        if self._prior_values_missing:
+            raise ValueError(
+                f"This {type(self).__name__} was rebuilt from a config, "
+                "which records the prior's structure but not its values. "
+                "Load the model with `keras.models.load_model` (the values "
+                "are optimizer variables), or pass `prior=` a Posterior."
+            )
+        return super().apply(grads, trainable_variables)
 
     def _state_initializer(self, name, variable):
         """Initializer of the slot `name` for `variable`.
@@ -282,9 +401,10 @@ class PosteriorOptimizer(keras.optimizers.Optimizer):
         gradient = ops.cast(gradient, dtype)
         learning_rate = ops.cast(learning_rate, dtype)
         state = self._read_state(index, sample)
-        new_state, std = self._posterior_update(
-            gradient, sample, state, learning_rate,
-            self._weight_decay_for(variable),
+        weight_decay, center = self._prior_terms(index, variable)
+        new_state, std = centred_update(
+            self._posterior_update, center, gradient, sample, state,
+            learning_rate, weight_decay,
         )
         for name, value in new_state.items():
             self.assign(self._state[name][index], value)
@@ -311,7 +431,9 @@ class PosteriorOptimizer(keras.optimizers.Optimizer):
         """
         groups = {}
         for gradient, variable in zip(grads, variables):
-            key = (str(variable.dtype), self._weight_decay_for(variable))
+            # With a prior, δ is a slot and one group per dtype suffices.
+            key = (str(variable.dtype), "prior" if self._prior_slots
+                   else self._weight_decay_for(variable))
             groups.setdefault(key, []).append((gradient, variable))
         for (dtype, weight_decay), members in groups.items():
             indices = [self._get_variable_index(v) for _, v in members]
@@ -325,9 +447,15 @@ class PosteriorOptimizer(keras.optimizers.Optimizer):
             state["mean"] = ops.where(
                 ops.equal(self.iterations, 0), sample, state["mean"]
             )
-            new_state, std = self._posterior_update(
-                gradient, sample, state, ops.cast(learning_rate, dtype),
-                weight_decay,
+            center = None
+            if self._prior_slots:
+                weight_decay = _flatten(
+                    [self._prior_slots["precision"][i] for i in indices])
+                center = _flatten(
+                    [self._prior_slots["mean"][i] for i in indices])
+            new_state, std = centred_update(
+                self._posterior_update, center, gradient, sample, state,
+                ops.cast(learning_rate, dtype), weight_decay,
             )
             noise = keras.random.normal(
                 (sum(_size(v) for v in targets),), dtype=dtype,
@@ -394,7 +522,8 @@ class PosteriorOptimizer(keras.optimizers.Optimizer):
                 name: ops.convert_to_tensor(slots[index])
                 for name, slots in self._state.items()
             }
-            std = self._posterior_std(state, self._weight_decay_for(variable))
+            weight_decay, _ = self._prior_terms(index, variable)
+            std = self._posterior_std(state, weight_decay)
             out.append(
                 (state["mean"], ops.broadcast_to(std, tuple(variable.shape)))
             )
@@ -436,6 +565,21 @@ class PosteriorOptimizer(keras.optimizers.Optimizer):
         """The posterior standard deviation, one NumPy array per variable."""
         self._check_built()
         return self._std_values()
+
+    def posterior(self):
+        """The current posterior as a `keras_bayes.Posterior`.
+
+        Means and precisions 1/σ² per trainable variable, keyed by the
+        variables' paths: save it with `.save("task.npz")`, or pass it as
+        `prior=` to the optimizer of the next task.
+        """
+        self._check_built()
+        means, precisions = [], []
+        for mean, std in self._mean_and_std_tensors():
+            means.append(ops.convert_to_numpy(mean))
+            precisions.append(1.0 / np.square(ops.convert_to_numpy(std)))
+        return Posterior(means, precisions,
+                         [v.path for v in self._trainable_variables])
 
     def posterior_variables(self):
         """The model variables the posterior is over, in the same order."""
@@ -498,6 +642,12 @@ class PosteriorOptimizer(keras.optimizers.Optimizer):
     def get_config(self):
         config = super().get_config()
         config.update(
-            {"seed": self.seed, "fused_update": self.fused_update}
+            {
+                "seed": self.seed,
+                "fused_update": self.fused_update,
+                # Structure only: the values are optimizer variables.
+                "prior": None if self.prior is None else self.prior.spec(),
+                "prior_strength": self.prior_strength,
+            }
         )
         return config

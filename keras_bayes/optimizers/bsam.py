@@ -94,6 +94,11 @@ class BSAM(TwoPassOptimizer, base.PosteriorOptimizer):
             (the whole minibatch is one group) is supported so far.
         seed: int or None, the seed of the posterior noise.
         fused_update: bool or None, see `PosteriorOptimizer`.
+        prior, prior_strength: a `keras_bayes.Posterior` to use as the
+            prior instead of N(0, 1/(Nδ)), and its tempering τ, as for
+            `SOBA`: δ becomes δ₀ = τ·P₀/N per weight in the momentum (as
+            δ₀·(m − m₀)) and in the precision update. See
+            `PosteriorOptimizer`.
         **kwargs: `clipnorm`, `clipvalue`, `global_clipnorm` (applied to g2
             only), `loss_scale_factor` and `name`. `use_ema` and
             `gradient_accumulation_steps` are rejected.

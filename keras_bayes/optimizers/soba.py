@@ -109,6 +109,21 @@ class SOBA(base.PosteriorOptimizer):
         debias: bool, debias the momentum. Defaults to True.
         seed: int or None, the seed of the posterior noise. Set it for
             reproducible runs and for multi-process training.
+        prior: None or a `keras_bayes.Posterior`, typically
+            `optimizer.posterior()` of an earlier task (continual learning).
+            It replaces the isotropic prior N(0, 1/(λδ)) by
+            N(m₀, diag(1/(τ·P₀))). Derivation: the objective per example is
+            E_q[ℓ̄(θ)] + KL(q ‖ prior)/λ, whose prior part has gradient
+            (τ·P₀/λ)·(m − m₀) in m and curvature τ·P₀/λ; so δ becomes the
+            vector δ₀ = τ·P₀/λ everywhere it appears above (the Hessian
+            update, σ, and the mean step, whose prior term becomes
+            δ₀·(m − m₀)), except in `rescale_lr`, which keeps the scalar
+            `weight_decay`. The new posterior precision λ·(h + δ₀) =
+            λ·h + τ·P₀ adds this task's curvature to the old precision.
+            Variables the prior does not match keep the δ prior. See
+            `PosteriorOptimizer`.
+        prior_strength: float > 0, τ. Defaults to 1 (exact sequential
+            updating).
         fused_update: bool or None, on a single device update all
             variables in one flat pass with one noise draw. Defaults to
             None: True on the torch backend, False on the others.
@@ -225,7 +240,13 @@ class SOBA(base.PosteriorOptimizer):
             direction = ops.clip(direction, -self.clip_radius,
                                  self.clip_radius)
         if self.rescale_lr:
-            learning_rate = learning_rate * (self.hess_init + weight_decay)
+            # A prior makes δ vary per weight (see `prior`); the step size
+            # keeps the scalar δ, so a sharp prior cannot inflate it.
+            rescale_delta = (
+                self.weight_decay if self._prior_slots is not None
+                else weight_decay
+            )
+            learning_rate = learning_rate * (self.hess_init + rescale_delta)
         new_mean = mean - learning_rate * direction
 
         new_state = {
