@@ -5,6 +5,7 @@
 """
 
 from keras_bayes import callbacks
+from keras_bayes import continual
 from keras_bayes import layers
 from keras_bayes import metrics
 from keras_bayes import optimizers
@@ -19,6 +20,7 @@ __all__ = [
     "Predictive",
     "TwoPassModel",
     "callbacks",
+    "continual",
     "layers",
     "metrics",
     "optimizers",
