@@ -42,6 +42,12 @@ def _is_two_pass(optimizer):
     return bool(getattr(_unwrap(optimizer), "is_two_pass_optimizer", False))
 
 
+def _needs_passes(optimizer):
+    """A two-pass optimizer, or one asking for several samples per step."""
+    return _is_two_pass(optimizer) or (
+        int(getattr(_unwrap(optimizer), "mc_samples", 1)) > 1)
+
+
 def _batch_size(x):
     return ops.shape(next(i for i in tree.flatten(x) if i is not None))[0]
 
@@ -125,15 +131,15 @@ class TwoPassModel(keras.Model):
     # The training step.
 
     def train_step(self, *args, **kwargs):
-        if not _is_two_pass(self.optimizer):
+        if not _needs_passes(self.optimizer):
             return super().train_step(*args, **kwargs)
         backend = keras.backend.backend()
         if backend == "jax":
-            return self._jax_two_pass_step(*args, **kwargs)
+            return self._jax_multi_pass_step(*args, **kwargs)
         if backend == "tensorflow":
-            return self._tf_two_pass_step(*args, **kwargs)
+            return self._tf_multi_pass_step(*args, **kwargs)
         if backend == "torch":
-            return self._torch_two_pass_step(*args, **kwargs)
+            return self._torch_multi_pass_step(*args, **kwargs)
         raise NotImplementedError(
             f"TwoPassModel does not support the {backend!r} backend."
         )
@@ -141,6 +147,63 @@ class TwoPassModel(keras.Model):
     def _call_kwargs(self):
         # Private API (Keras 3.15): `_call_has_training_arg`.
         return {"training": True} if self._call_has_training_arg else {}
+
+    def _sub_batches(self, x, y, sample_weight):
+        """The minibatch cut into `batch_split` equal parts (m-sharpness)."""
+        parts = int(getattr(_unwrap(self.optimizer), "batch_split", 1))
+        if parts == 1:
+            return [(x, y, sample_weight)]
+        size = _batch_size(x)
+        if isinstance(size, int) and size < parts:
+            raise ValueError(
+                f"A batch of {size} examples cannot be split into "
+                f"batch_split={parts} sub-batches; use a batch size that is "
+                "a multiple of `batch_split`."
+            )
+
+        def cut(j):
+            lo, hi = j * size // parts, (j + 1) * size // parts
+            return tree.map_structure(
+                lambda t: None if t is None else t[lo:hi],
+                (x, y, sample_weight))
+
+        return [cut(j) for j in range(parts)]
+
+    def _collect_gradients(self, first_grads, gradient_at, sub_batches):
+        """Every pass after the first; returns the gradients to apply.
+
+        For each sub-batch j and each of the optimizer's samples k: the
+        first-pass point is the model's variables for (0, 0) and a fresh
+        posterior sample otherwise (`draw_training_point`; None, i.e. the
+        variables, for a deterministic optimizer such as SAM); a two-pass
+        optimizer adds its second point. `combine_passes` turns the records
+        into the gradient handed to `apply`.
+        """
+        inner = _unwrap(self.optimizer)
+        two_pass = _is_two_pass(self.optimizer)
+        samples = int(getattr(inner, "mc_samples", 1))
+        draw = getattr(inner, "draw_training_point", lambda variables: None)
+        variables = self.trainable_variables
+
+        def unscale(grads):
+            return _unscale_gradients(self.optimizer, grads)
+
+        records = []
+        for j, batch in enumerate(sub_batches):
+            for k in range(samples):
+                if j == 0 and k == 0:
+                    point, grads = None, list(first_grads)
+                else:
+                    point = draw(variables)
+                    grads = list(gradient_at(point, batch))
+                record = {"point": point, "grads": grads}
+                if two_pass:
+                    second = inner.second_pass_point(unscale(grads),
+                                                     variables)
+                    record["second_point"] = second
+                    record["second_grads"] = list(gradient_at(second, batch))
+                records.append(record)
+        return inner.combine_passes(records, unscale, variables)
 
     def _second_pass_loss(self, point, non_trainable, metrics, x, y,
                           sample_weight):
@@ -162,154 +225,164 @@ class TwoPassModel(keras.Model):
             self._losses_override.clear()
         return self.optimizer.scale_loss(loss), non_trainable
 
-    def _point(self, grads):
-        inner = _unwrap(self.optimizer)
-        grads = _unscale_gradients(self.optimizer, grads)
-        with inner.two_pass_step():
-            return inner.second_pass_point(grads, self.trainable_variables)
-
     def _apply(self, grads):
         with _unwrap(self.optimizer).two_pass_step():
             self.optimizer.apply(grads, self.trainable_variables)
 
     # -- JAX -------------------------------------------------------------
 
-    def _jax_two_pass_step(self, state, data):
+    def _jax_multi_pass_step(self, state, data):
         import jax
 
         (trainable, non_trainable, optimizer_values, metrics) = state
         non_trainable_before = non_trainable
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        sub_batches = self._sub_batches(x, y, sample_weight)
+        x0, y0, w0 = sub_batches[0]
         grad_fn = jax.value_and_grad(self.compute_loss_and_updates,
                                      has_aux=True)
         (_, aux), grads = grad_fn(
-            trainable, non_trainable, metrics, x, y, sample_weight,
+            trainable, non_trainable, metrics, x0, y0, w0,
             training=True, optimizer_variables=optimizer_values,
         )
         unscaled_loss, y_pred, non_trainable, metrics = aux
+        carried = {"non_trainable": non_trainable}
+
+        def gradient_at(point, batch):
+            start = (carried["non_trainable"] if self.bn_update == "both"
+                     else non_trainable_before)
+            (_, aux2), point_grads = grad_fn(
+                trainable if point is None else point, start, metrics,
+                *batch, training=True, optimizer_variables=optimizer_values,
+            )
+            if self.bn_update == "both":
+                carried["non_trainable"] = aux2[2]
+            return point_grads
 
         optimizer = self.optimizer
         inner = _unwrap(optimizer)
         mapping = list(zip(optimizer.variables, optimizer_values))
         mapping += list(zip(self.trainable_variables, trainable))
         with keras.StatelessScope(state_mapping=mapping) as scope:
-            grads = _unscale_gradients(optimizer, grads)
             with inner.two_pass_step():
-                point = inner.second_pass_point(grads,
-                                                self.trainable_variables)
+                grads = self._collect_gradients(grads, gradient_at,
+                                                sub_batches)
         new_values = []
         for variable, old in zip(optimizer.variables, optimizer_values):
             value = scope.get_current_value(variable)
             new_values.append(old if value is None else value)
         optimizer_values = new_values
-
-        start = non_trainable if self.bn_update == "both" else (
-            non_trainable_before)
-        (_, aux2), grads2 = grad_fn(
-            point, start, metrics, x, y, sample_weight,
-            training=True, optimizer_variables=optimizer_values,
-        )
         if self.bn_update == "both":
-            non_trainable = aux2[2]
+            non_trainable = carried["non_trainable"]
 
         with inner.two_pass_step():
             trainable, optimizer_values = optimizer.stateless_apply(
-                optimizer_values, grads2, trainable)
+                optimizer_values, grads, trainable)
 
         # Private API (Keras 3.15): `_update_metrics_variables`.
         logs, metrics = self._update_metrics_variables(
-            metrics, unscaled_loss, x, y, y_pred, sample_weight)
+            metrics, unscaled_loss, x0, y0, y_pred, w0)
         return logs, (trainable, non_trainable, optimizer_values, metrics)
 
     # -- TensorFlow ------------------------------------------------------
 
-    def _tf_two_pass_step(self, data):
+    def _tf_multi_pass_step(self, data):
         import tensorflow as tf
         from keras.src.losses import loss as loss_module
 
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        sub_batches = self._sub_batches(x, y, sample_weight)
+        x0, y0, w0 = sub_batches[0]
         non_trainable_before = [
             tf.identity(v.value) for v in self.non_trainable_variables
         ]
         with tf.GradientTape() as tape:
-            y_pred = self(x, **self._call_kwargs())
-            loss = self._compute_loss(x=x, y=y, y_pred=y_pred,
-                                      sample_weight=sample_weight,
-                                      training=True)
+            y_pred = self(x0, **self._call_kwargs())
+            loss = self._compute_loss(x=x0, y=y0, y_pred=y_pred,
+                                      sample_weight=w0, training=True)
             # Private API (Keras 3.15): `_loss_tracker`,
             # `unscale_loss_for_distribution`.
             self._loss_tracker.update_state(
                 loss_module.unscale_loss_for_distribution(loss),
-                sample_weight=_batch_size(x),
+                sample_weight=_batch_size(x0),
             )
             loss = self.optimizer.scale_loss(loss)
         variables = self.trainable_variables
         grads = tape.gradient(loss, variables)
-        point = [tf.convert_to_tensor(p) for p in self._point(grads)]
-
-        if self.bn_update == "both":
-            start = [tf.identity(v.value)
-                     for v in self.non_trainable_variables]
-        else:
-            start = non_trainable_before
         metrics = [tf.identity(v.value) for v in self.metrics_variables]
-        with tf.GradientTape() as tape2:
-            tape2.watch(point)
-            loss2, non_trainable = self._second_pass_loss(
-                point, start, metrics, x, y, sample_weight)
-        grads2 = tape2.gradient(loss2, point)
-        if self.bn_update == "both":
-            for variable, value in zip(self.non_trainable_variables,
-                                       non_trainable):
-                variable.assign(value)
-        self._apply_tf(grads2, variables)
-        return self.compute_metrics(x, y, y_pred,
-                                    sample_weight=sample_weight)
 
-    def _apply_tf(self, grads, variables):
-        with _unwrap(self.optimizer).two_pass_step():
-            self.optimizer.apply_gradients(zip(grads, variables))
-
-    # -- torch -----------------------------------------------------------
-
-    def _torch_two_pass_step(self, data):
-        import torch
-
-        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
-        non_trainable_before = [
-            v.value.detach().clone() for v in self.non_trainable_variables
-        ]
-        y_pred = self(x, **self._call_kwargs())
-        self.zero_grad()
-        loss = self._compute_loss(x=x, y=y, y_pred=y_pred,
-                                  sample_weight=sample_weight, training=True)
-        self._loss_tracker.update_state(loss, sample_weight=_batch_size(x))
-        loss = self.optimizer.scale_loss(loss)
-        variables = self.trainable_variables
-        loss.backward()
-        grads = [v.value.grad for v in variables]
-        with torch.no_grad():
-            point = self._point(grads)
-        point = [p.detach().clone().requires_grad_(True) for p in point]
-
-        if self.bn_update == "both":
-            start = [v.value.detach().clone()
-                     for v in self.non_trainable_variables]
-        else:
-            start = non_trainable_before
-        metrics = [v.value.detach().clone() for v in self.metrics_variables]
-        with torch.enable_grad():
-            loss2, non_trainable = self._second_pass_loss(
-                point, start, metrics, x, y, sample_weight)
-        grads2 = list(torch.autograd.grad(loss2, point, allow_unused=True))
-        with torch.no_grad():
+        def gradient_at(point, batch):
+            if point is None:
+                point = [tf.identity(v.value) for v in variables]
+            point = [tf.convert_to_tensor(p) for p in point]
+            if self.bn_update == "both":
+                start = [tf.identity(v.value)
+                         for v in self.non_trainable_variables]
+            else:
+                start = non_trainable_before
+            with tf.GradientTape() as tape2:
+                tape2.watch(point)
+                loss2, non_trainable = self._second_pass_loss(
+                    point, start, metrics, *batch)
             if self.bn_update == "both":
                 for variable, value in zip(self.non_trainable_variables,
                                            non_trainable):
                     variable.assign(value)
-            self._apply(grads2)
-        return self.compute_metrics(x, y, y_pred,
-                                    sample_weight=sample_weight)
+            return tape2.gradient(loss2, point)
+
+        with _unwrap(self.optimizer).two_pass_step():
+            grads = self._collect_gradients(grads, gradient_at, sub_batches)
+            self.optimizer.apply_gradients(zip(grads, variables))
+        return self.compute_metrics(x0, y0, y_pred, sample_weight=w0)
+
+    # -- torch -----------------------------------------------------------
+
+    def _torch_multi_pass_step(self, data):
+        import torch
+
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        sub_batches = self._sub_batches(x, y, sample_weight)
+        x0, y0, w0 = sub_batches[0]
+        non_trainable_before = [
+            v.value.detach().clone() for v in self.non_trainable_variables
+        ]
+        y_pred = self(x0, **self._call_kwargs())
+        self.zero_grad()
+        loss = self._compute_loss(x=x0, y=y0, y_pred=y_pred,
+                                  sample_weight=w0, training=True)
+        self._loss_tracker.update_state(loss, sample_weight=_batch_size(x0))
+        loss = self.optimizer.scale_loss(loss)
+        variables = self.trainable_variables
+        loss.backward()
+        grads = [v.value.grad for v in variables]
+        metrics = [v.value.detach().clone() for v in self.metrics_variables]
+
+        def gradient_at(point, batch):
+            if point is None:
+                point = [v.value for v in variables]
+            point = [p.detach().clone().requires_grad_(True) for p in point]
+            if self.bn_update == "both":
+                start = [v.value.detach().clone()
+                         for v in self.non_trainable_variables]
+            else:
+                start = non_trainable_before
+            with torch.enable_grad():
+                loss2, non_trainable = self._second_pass_loss(
+                    point, start, metrics, *batch)
+            point_grads = torch.autograd.grad(loss2, point,
+                                              allow_unused=True)
+            if self.bn_update == "both":
+                for variable, value in zip(self.non_trainable_variables,
+                                           non_trainable):
+                    variable.assign(value)
+            return list(point_grads)
+
+        with torch.no_grad():
+            with _unwrap(self.optimizer).two_pass_step():
+                grads = self._collect_gradients(grads, gradient_at,
+                                                sub_batches)
+            self._apply(grads)
+        return self.compute_metrics(x0, y0, y_pred, sample_weight=w0)
 
 
 __all__ = ["TwoPassModel"]

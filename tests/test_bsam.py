@@ -164,7 +164,7 @@ def test_config_round_trips_every_argument():
     (dict(damping=-0.1), "damping"),
     (dict(precision_init=0.0), "precision_init"),
     (dict(batch_split=0), "batch_split"),
-    (dict(batch_split=8), "batch_split"),
+    (dict(batch_split=2.0), "batch_split"),
     (dict(learning_rate=-0.1), "learning_rate"),
     (dict(seed=1.5), "seed"),
     (dict(gradient_accumulation_steps=2), "gradient_accumulation_steps"),

@@ -156,6 +156,47 @@ def centred_update(update, center, gradient, sample, state, learning_rate,
     return new_state, std
 
 
+def mean_gradients(gradient_lists):
+    """The elementwise mean of several gradient lists (None stays None)."""
+    out = []
+    for grads in zip(*gradient_lists):
+        present = [g for g in grads if g is not None]
+        if not present:
+            out.append(None)
+            continue
+        total = present[0]
+        for g in present[1:]:
+            total = total + g
+        out.append(total / float(len(grads)))
+    return out
+
+
+class PassStepContext:
+    """The flag `keras_bayes.training.TwoPassModel` sets around its step.
+
+    Optimizers that need more than the one gradient Keras' own training step
+    gives (SAM, bSAM, SOBA with `mc_samples` > 1) refuse `apply` outside
+    `two_pass_step()`, so that without the wrapper they raise instead of
+    silently training something else.
+    """
+
+    _two_pass_active = False
+
+    @contextlib.contextmanager
+    def two_pass_step(self):
+        """Context in which `apply` is allowed (entered by `TwoPassModel`).
+
+        It is a Python flag, set while the training step is traced or run.
+        Enter it yourself only if you write your own multi-pass step.
+        """
+        previous = self._two_pass_active
+        self._two_pass_active = True
+        try:
+            yield
+        finally:
+            self._two_pass_active = previous
+
+
 def unwrap_optimizer(optimizer):
     """The keras_bayes optimizer inside a `LossScaleOptimizer`, or None."""
     optimizer = getattr(optimizer, "inner_optimizer", optimizer)
@@ -349,6 +390,35 @@ class PosteriorOptimizer(keras.optimizers.Optimizer):
                 "are optimizer variables), or pass `prior=` a Posterior."
             )
         return super().apply(grads, trainable_variables)
+
+    def draw_training_point(self, trainable_variables):
+        """A fresh sample m + σ·z per trainable variable (training noise).
+
+        Used by `keras_bayes.training.TwoPassModel` for the extra samples of
+        a step (SOBA's `mc_samples`, bSAM's sub-batches); it advances the
+        training seed, so it belongs inside a training step. Builds the
+        optimizer on `trainable_variables` if needed (TensorFlow builds it
+        while the first step is traced).
+        """
+        trainable_variables = list(trainable_variables)
+        if not self.built:
+            self.build(trainable_variables)
+        first = ops.equal(self.iterations, 0)
+        points = []
+        for variable in trainable_variables:
+            index = self._get_variable_index(variable)
+            sample = ops.convert_to_tensor(variable)
+            state = {
+                name: ops.convert_to_tensor(slots[index])
+                for name, slots in self._state.items()
+            }
+            state["mean"] = ops.where(first, sample, state["mean"])
+            weight_decay, _ = self._prior_terms(index, variable)
+            std = self._posterior_std(state, weight_decay)
+            points.append(state["mean"] + std * keras.random.normal(
+                tuple(variable.shape), dtype=variable.dtype,
+                seed=self._seed_generator))
+        return points
 
     def _state_initializer(self, name, variable):
         """Initializer of the slot `name` for `variable`.

@@ -67,8 +67,8 @@ class BSAM(TwoPassOptimizer, base.PosteriorOptimizer):
     back) takes g1 at the mean itself, since no sample has been drawn yet.
 
     Between steps the model's variables hold the sample θ and this optimizer
-    holds m, s and gm (plus `a` between the two passes); at the end of `fit`
-    the variables receive m. The posterior API of
+    holds m, s and gm (plus `a`, written between the passes); at the end of
+    `fit` the variables receive m. The posterior API of
     `keras_bayes.optimizers.PosteriorOptimizer` (`posterior_mean`,
     `posterior_std`, `sampled_weights`, `mean_weights`) applies.
 
@@ -90,8 +90,15 @@ class BSAM(TwoPassOptimizer, base.PosteriorOptimizer):
         damping: float >= 0, γ. Defaults to 0.1.
         precision_init: float > 0, the initial precision s0. Defaults
             to 1.0.
-        batch_split: int, the number of sub-batches of m-sharpness. Only 1
-            (the whole minibatch is one group) is supported so far.
+        batch_split: int, M, the number of sub-batches of m-sharpness.
+            Each sub-batch j gets its own noise e_j (sub-batch 0 the sample
+            the model holds, the others fresh draws), its own g1_j and its
+            own perturbed point m + ρ·g1_j/s; g2 and a are the means over
+            the sub-batches, as in the official code (which uses M = 8 and
+            vectorises; here the 2M passes run one after another, at the
+            same arithmetic cost). Loss and metrics are logged from the
+            first pass of sub-batch 0. The batch size should be a multiple
+            of M. Defaults to 1.
         seed: int or None, the seed of the posterior noise.
         fused_update: bool or None, see `PosteriorOptimizer`.
         prior, prior_strength: a `keras_bayes.Posterior` to use as the
@@ -136,12 +143,6 @@ class BSAM(TwoPassOptimizer, base.PosteriorOptimizer):
             "precision_init", precision_init, low=0.0, low_open=True
         )
         batch_split = base.check_positive_integer("batch_split", batch_split)
-        if batch_split != 1:
-            raise ValueError(
-                "`batch_split` > 1 (m-sharpness over sub-batches) is not "
-                "implemented yet; only batch_split=1 is supported. "
-                f"Received: batch_split={batch_split}"
-            )
         self._check_two_pass_kwargs("BSAM", kwargs)
         super().__init__(
             learning_rate=learning_rate,
@@ -177,25 +178,43 @@ class BSAM(TwoPassOptimizer, base.PosteriorOptimizer):
         return super()._state_initializer(name, variable)
 
     def second_pass_point(self, gradients, trainable_variables=None):
-        """m + ρ·g1/s per variable; stores a = sqrt(s)·|g1| in a slot."""
+        """m + ρ·g1/s per variable."""
         grads, variables = self._variables_for_point(gradients,
                                                      trainable_variables)
         first = ops.equal(self.iterations, 0)
         points = []
         for gradient, variable in zip(grads, variables):
             index = self._get_variable_index(variable)
-            sample = ops.convert_to_tensor(variable)
             mean = ops.where(
-                first, sample,
+                first, ops.convert_to_tensor(variable),
                 ops.convert_to_tensor(self._state["mean"][index]),
             )
             precision = ops.convert_to_tensor(
                 self._state["precision"][index])
-            self.assign(self._state["curvature"][index],
-                        bsam_curvature(gradient, precision))
             points.append(
                 mean + bsam_perturbation(gradient, precision, self.rho))
         return points
+
+    def combine_passes(self, records, unscale, trainable_variables):
+        """Stores a = mean_j sqrt(s)·|g1_j|; returns mean_j g2_j."""
+        first_grads = [unscale(r["grads"]) for r in records]
+        for index_in_list, variable in enumerate(trainable_variables):
+            index = self._get_variable_index(variable)
+            precision = ops.convert_to_tensor(
+                self._state["precision"][index])
+            total = None
+            for grads in first_grads:
+                gradient = grads[index_in_list]
+                if gradient is None:
+                    continue
+                term = bsam_curvature(ops.cast(gradient, variable.dtype),
+                                      precision)
+                total = term if total is None else total + term
+            if total is None:
+                total = ops.zeros(tuple(variable.shape), variable.dtype)
+            self.assign(self._state["curvature"][index],
+                        total / float(len(records)))
+        return base.mean_gradients([r["second_grads"] for r in records])
 
     def _posterior_std(self, state, weight_decay):
         return bsam_posterior_std(state["precision"], self.ess)

@@ -9,14 +9,14 @@ the data, so the second gradient is taken by a training step:
 
 1. pass 1: g1 = ∇ℓ̄(w) at the model's variables;
 2. `point = optimizer.second_pass_point(g1, trainable_variables)`: one
-   tensor per trainable variable (the optimizer may store things in its
-   slots here);
+   tensor per trainable variable;
 3. pass 2: g2 = ∇ℓ̄(point) on the same minibatch, without writing any
    variable;
-4. `optimizer.apply(g2)`.
+4. `optimizer.apply(optimizer.combine_passes(records, ...))`, by default
+   g2 (the mean of the g2 of the sub-batches when the optimizer has a
+   `batch_split`; the optimizer may store first-pass statistics in its
+   slots here).
 """
-
-import contextlib
 
 import keras
 from keras import ops
@@ -42,19 +42,19 @@ def heavy_ball_momentum(momentum, gradient, weights, beta, weight_decay):
     return beta * momentum + gradient + weight_decay * weights
 
 
-class TwoPassOptimizer:
+class TwoPassOptimizer(base.PassStepContext):
     """Mixin for optimizers that need a second gradient on the same batch.
 
-    A subclass implements `second_pass_point(gradients, trainable_variables)`.
-    `apply` (and through it `apply_gradients` and `stateless_apply`) raises a
-    `ValueError` unless it runs inside `two_pass_step()`, which
-    `keras_bayes.training.TwoPassModel` enters while it runs its training
-    step: used through plain `model.compile(optimizer=...)`, the optimizer
-    would otherwise silently do something that is not SAM.
+    A subclass implements `second_pass_point(gradients, trainable_variables)`
+    and may override `combine_passes`. `apply` (and through it
+    `apply_gradients` and `stateless_apply`) raises a `ValueError` unless it
+    runs inside `two_pass_step()`, which `keras_bayes.training.TwoPassModel`
+    enters while it runs its training step: used through plain
+    `model.compile(optimizer=...)`, the optimizer would otherwise silently do
+    something that is not SAM.
     """
 
     is_two_pass_optimizer = True
-    _two_pass_active = False
 
     @staticmethod
     def _check_two_pass_kwargs(name, kwargs):
@@ -68,19 +68,14 @@ class TwoPassOptimizer:
                 f"{steps!r}"
             )
 
-    @contextlib.contextmanager
-    def two_pass_step(self):
-        """Context in which `apply` is allowed (entered by `TwoPassModel`).
+    def combine_passes(self, records, unscale, trainable_variables):
+        """The gradient to apply: the mean second-pass gradient.
 
-        It is a Python flag, set while the training step is traced or run.
-        Enter it yourself only if you write your own two-pass training step.
+        `records` holds one dict per (sub-batch, sample) with the first-pass
+        `point` (None: the model's variables), `grads`, `second_point` and
+        `second_grads`; `unscale` removes a loss scale from a gradient list.
         """
-        previous = self._two_pass_active
-        self._two_pass_active = True
-        try:
-            yield
-        finally:
-            self._two_pass_active = previous
+        return base.mean_gradients([r["second_grads"] for r in records])
 
     def second_pass_point(self, gradients, trainable_variables=None):
         raise NotImplementedError

@@ -45,7 +45,7 @@ def gaussian_posterior_std(hessian, weight_decay, ess):
 
 
 @keras.saving.register_keras_serializable(package="keras_bayes")
-class SOBA(base.PosteriorOptimizer):
+class SOBA(base.PassStepContext, base.PosteriorOptimizer):
     """SOBA: variational learning of a diagonal Gaussian posterior.
 
     SOBA ("second-order optimization via Bayes") is the improved variational
@@ -96,9 +96,14 @@ class SOBA(base.PosteriorOptimizer):
             decoupled `weight_decay` it enters the update at the mean and sets
             the prior. `exclude_from_weight_decay` gives δ = 0 to variables.
             Defaults to 1e-4.
-        mc_samples: int, posterior samples per step. Only 1 is available with
-            the plain Keras training step; several samples on the same
-            minibatch need a multi-pass training step, not built yet.
+        mc_samples: int, S, posterior samples per step, each one
+            forward/backward pass on the same minibatch. With S > 1 the
+            model must be wrapped in `keras_bayes.training.TwoPassModel`
+            (which takes the first sample from the model's variables and
+            draws S − 1 more), `g` above is the mean gradient over the
+            samples and ĥ uses mean_k(ε_k·g_k) (for `gradsq`, the mean
+            g_k²), as in ivon-opt. A coordinate's samples equal to the mean
+            are left out of that mean. Defaults to 1.
         hess_approx: `"price"` (default, the paper's estimator) or
             `"gradsq"` (λ·g², experimental: it estimates a squared mean
             gradient, not the Hessian).
@@ -170,13 +175,13 @@ class SOBA(base.PosteriorOptimizer):
             "clip_radius", clip_radius, low=0.0, low_open=True, allow_inf=True
         )
         mc_samples = base.check_positive_integer("mc_samples", mc_samples)
-        if mc_samples > 1:
+        steps = kwargs.get("gradient_accumulation_steps")
+        if mc_samples > 1 and steps not in (None, 1):
             raise ValueError(
-                "`mc_samples` > 1 needs several forward/backward passes on "
-                "the same minibatch, which the plain Keras training step "
-                "cannot do; only mc_samples=1 is supported so far. "
-                "(`gradient_accumulation_steps` averages gradients taken at "
-                f"one sample.) Received: mc_samples={mc_samples}"
+                "`gradient_accumulation_steps` cannot be combined with "
+                "`mc_samples` > 1: the curvature statistic of the samples is "
+                "per step. Received: gradient_accumulation_steps="
+                f"{steps!r}, mc_samples={mc_samples}"
             )
         super().__init__(
             learning_rate=learning_rate,
@@ -195,6 +200,61 @@ class SOBA(base.PosteriorOptimizer):
         self.rescale_lr = bool(rescale_lr)
         self.debias = bool(debias)
 
+    def build(self, var_list):
+        if self.built:
+            return
+        super().build(var_list)
+        if self.mc_samples > 1:
+            # mean_k(ε_k·g_k) (or mean_k g_k²) of the step's samples, written
+            # by `combine_passes` and read by the update; in `_state` so
+            # both update paths see it, never returned by the update.
+            self._state["sample_statistic"] = [
+                self.add_variable_from_reference(
+                    v, name="soba_sample_statistic", initializer="zeros")
+                for v in var_list
+            ]
+
+    def apply(self, grads, trainable_variables=None):
+        if self.mc_samples > 1 and not self._two_pass_active:
+            raise ValueError(
+                f"SOBA with mc_samples={self.mc_samples} takes several "
+                "gradients on the same minibatch, which a plain Keras model "
+                "cannot provide. Wrap the model: `model = keras_bayes."
+                "training.TwoPassModel(model)`, then `model.compile(...)` "
+                "and `model.fit(...)`; or use mc_samples=1."
+            )
+        return super().apply(grads, trainable_variables)
+
+    def combine_passes(self, records, unscale, trainable_variables):
+        """Writes the samples' curvature statistic; returns the mean g."""
+        first = ops.equal(self.iterations, 0)
+        for position, variable in enumerate(trainable_variables):
+            index = self._get_variable_index(variable)
+            sample = ops.convert_to_tensor(variable)
+            mean = ops.where(first, sample, ops.convert_to_tensor(
+                self._state["mean"][index]))
+            total = ops.zeros(tuple(variable.shape), variable.dtype)
+            count = ops.zeros(tuple(variable.shape), variable.dtype)
+            for record in records:
+                gradient = unscale(record["grads"])[position]
+                if gradient is None:
+                    gradient = ops.zeros(tuple(variable.shape),
+                                         variable.dtype)
+                gradient = ops.cast(gradient, variable.dtype)
+                if self.hess_approx == "gradsq":
+                    total = total + ops.square(gradient)
+                    count = count + 1.0
+                    continue
+                point = (sample if record["point"] is None
+                         else record["point"][position])
+                perturbation = point - mean
+                total = total + perturbation * gradient
+                count = count + ops.cast(
+                    ops.not_equal(perturbation, 0.0), variable.dtype)
+            self.assign(self._state["sample_statistic"][index],
+                        total / ops.maximum(count, 1.0))
+        return base.mean_gradients([r["grads"] for r in records])
+
     def _state_initializer(self, name, variable):
         if name == "hessian":
             return keras.initializers.Constant(self.hess_init)
@@ -212,7 +272,18 @@ class SOBA(base.PosteriorOptimizer):
         step = ops.cast(self.iterations + 1, gradient.dtype)
         perturbation = sample - mean
 
-        if self.hess_approx == "price":
+        if self.mc_samples > 1:
+            # mean_k(ε_k·g_k) or mean_k g_k², from `combine_passes`.
+            statistic = state["sample_statistic"]
+            if self.hess_approx == "price":
+                estimate = price_hessian_estimate(
+                    statistic, 1.0, hessian, weight_decay, self.ess)
+            else:
+                estimate = self.ess * statistic
+            new_hessian = iblr_hessian_update(
+                hessian, estimate, weight_decay, self.beta2
+            )
+        elif self.hess_approx == "price":
             estimate = price_hessian_estimate(
                 gradient, perturbation, hessian, weight_decay, self.ess
             )
