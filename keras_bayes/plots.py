@@ -1,6 +1,6 @@
 """Figures of calibration and predictive uncertainty (needs matplotlib).
 
-Both functions return a `matplotlib.figure.Figure`; save it with
+Every function returns a `matplotlib.figure.Figure`; save it with
 `fig.savefig("name.png")`. Install the extra with
 `pip install keras-bayes[docs]`.
 """
@@ -106,4 +106,39 @@ def uncertainty_map(predict_proba_by_name, x, y, resolution=150,
     fig.colorbar(image, ax=axes[0].tolist(), label="predictive entropy")
     if title:
         fig.suptitle(title)
+    return fig
+
+
+def continual_accuracy(matrix_by_name, task_names=None, title=None):
+    """Test accuracy of every task after each task, one panel per method.
+
+    Args:
+        matrix_by_name: dict name -> (T, T) accuracy matrix, entry [i, j]
+            the accuracy on task j after training on tasks 0..i (as in
+            `keras_bayes.continual.ContinualResult.matrices`).
+        task_names: optional list of T names for the legend.
+        title: optional figure title.
+    """
+    plt = _pyplot()
+    names = list(matrix_by_name)
+    fig, axes = plt.subplots(1, len(names), figsize=(3.8 * len(names), 3.2),
+                             squeeze=False, sharey=True)
+    for ax, name in zip(axes[0], names):
+        matrix = np.asarray(matrix_by_name[name], dtype=float)
+        steps = np.arange(1, len(matrix) + 1)
+        for j in range(matrix.shape[1]):
+            label = task_names[j] if task_names else f"task {j + 1}"
+            ax.plot(steps[j:], matrix[j:, j], marker="o", ms=3, label=label)
+        average = [matrix[i, :i + 1].mean() for i in range(len(matrix))]
+        ax.plot(steps, average, color="black", lw=2, ls="--",
+                label="average")
+        ax.set_title(name, fontsize=10)
+        ax.set_xlabel("after training on task")
+        ax.set_xticks(steps)
+        ax.set_ylim(0, 1.02)
+    axes[0][0].set_ylabel("test accuracy")
+    axes[0][-1].legend(fontsize=7, loc="lower left")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
     return fig

@@ -53,3 +53,31 @@ def test_step_cost_quick(tmp_path):
     assert set(result["ratios"]) == {"soba"}
     assert set(result["ratios"]["soba"]) == {"vs_adam", "vs_sgd"}
     assert all(r > 0 for r in result["ratios"]["soba"].values())
+
+
+CONTINUAL = SCRIPT.parent / "continual.py"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(keras.backend.backend() != "tensorflow",
+                    reason="the command is smoke-tested once; run_sequence "
+                    "itself is tested on every backend in test_continual")
+def test_continual_benchmark_quick(tmp_path):
+    out = tmp_path / "continual"
+    env = dict(os.environ, KERAS_BACKEND=keras.backend.backend())
+    proc = subprocess.run(
+        [sys.executable, str(CONTINUAL), "--quick", "--seeds", "1",
+         "--epochs", "1", "--out", str(out)],
+        env=env, capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    payload = json.loads((tmp_path / "continual.json").read_text())
+    methods = {r["method"] for r in payload["records"]}
+    assert "SOBA, posterior as prior (τ=1)" in methods
+    assert "Adam fine-tuning" in methods
+    for record in payload["records"]:
+        matrix = record["matrix"]
+        assert len(matrix) == 2 and 0.0 <= matrix[1][0] <= 1.0
+    table = (tmp_path / "continual.md").read_text()
+    assert "quick mode: not a measurement" in table
+    assert table.count("| split digits |") == len(payload["records"])

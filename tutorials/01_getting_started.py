@@ -100,3 +100,6 @@ for name, probs in [("mean", at_mean), ("posterior average", averaged)]:
 #   `import keras_bayes`) restores them and training resumes exactly.
 # - Switch backend with `KERAS_BACKEND=tensorflow|jax|torch`: nothing else
 #   changes.
+
+# %%
+print("Tutorial finished.")
