@@ -1,11 +1,14 @@
 """Continual learning: task sequences, metrics, baselines, and the claim
 that the previous posterior as prior keeps old tasks."""
 
+import os
+
 import keras
 import numpy as np
 import pytest
 
 from keras_bayes import continual as cl
+from keras_bayes.datasets import DEFAULT_CIFAR10_PATH
 from keras_bayes.optimizers import SOBA
 
 
@@ -172,3 +175,22 @@ def test_run_sequence_validates_and_records_every_task():
         cl.run_sequence(cl.FineTune(), tasks, mlp, scenarios=("domain",))
     with pytest.raises(ValueError, match="strength"):
         cl.OnlineEWC(strength=-1.0)
+
+
+def test_split_mnist1d_sequence():
+    tasks = cl.split_mnist1d(classes_per_task=5, num_samples=500)
+    assert [t.classes for t in tasks] == [(0, 1, 2, 3, 4), (5, 6, 7, 8, 9)]
+    assert tasks[0].x_train.shape[1:] == (40,)
+
+
+@pytest.mark.skipif(not os.path.exists(DEFAULT_CIFAR10_PATH),
+                    reason="offline CIFAR-10 archive not beside the checkout")
+def test_split_cifar10_sequence():
+    tasks = cl.split_cifar10(classes_per_task=2, train_size=100,
+                             test_size=50)
+    assert len(tasks) == 5
+    for task in tasks:
+        assert task.x_train.shape[1:] == (32, 32, 3)
+        assert task.x_train.dtype == np.float32
+        assert 0.0 <= task.x_train.min() and task.x_train.max() <= 1.0
+        assert set(np.unique(task.y_train)) == set(task.classes)
