@@ -2,6 +2,10 @@
 
 from keras_bayes.optimizers.base import PosteriorOptimizer
 from keras_bayes.optimizers.bsam import BSAM
+from keras_bayes.optimizers.lie_group import LieAdditive
+from keras_bayes.optimizers.lie_group import LieAffine
+from keras_bayes.optimizers.lie_group import LieGroupBLR
+from keras_bayes.optimizers.lie_group import LieMultiplicative
 from keras_bayes.optimizers.sam import SAM
 from keras_bayes.optimizers.sam import TwoPassOptimizer
 from keras_bayes.optimizers.soba import IVON
@@ -9,3 +13,4 @@ from keras_bayes.optimizers.soba import SOBA
 
 __all__ = ["BSAM", "IVON", "PosteriorOptimizer", "SAM", "SOBA",
            "TwoPassOptimizer"]
+__all__ += ["LieAdditive", "LieAffine", "LieGroupBLR", "LieMultiplicative"]
