@@ -8,6 +8,7 @@ from keras_bayes import callbacks
 from keras_bayes import continual
 from keras_bayes import layers
 from keras_bayes import metrics
+from keras_bayes import models
 from keras_bayes import optimizers
 from keras_bayes import training
 from keras_bayes.posterior import Posterior
@@ -23,6 +24,7 @@ __all__ = [
     "continual",
     "layers",
     "metrics",
+    "models",
     "optimizers",
     "training",
     "__version__",

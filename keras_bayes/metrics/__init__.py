@@ -44,6 +44,7 @@ from keras_bayes.metrics.ranking import average_precision
 from keras_bayes.metrics.ranking import fpr_at_tpr
 from keras_bayes.metrics.regression import gaussian_nll
 from keras_bayes.metrics.regression import interval_coverage
+from keras_bayes.metrics.report import evaluate_probabilities
 from keras_bayes.metrics.report import evaluate_uncertainty
 from keras_bayes.metrics.streaming import BrierScore
 from keras_bayes.metrics.streaming import ExpectedCalibrationError
@@ -59,6 +60,7 @@ __all__ = [
     "average_precision",
     "brier_score",
     "calibration_bins",
+    "evaluate_probabilities",
     "evaluate_uncertainty",
     "classification_report",
     "expected_calibration_error",

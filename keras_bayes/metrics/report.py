@@ -22,6 +22,22 @@ def _block(labels, probs, num_bins):
     return report
 
 
+def evaluate_probabilities(labels, probs, probs_ood=None, num_bins=15,
+                           ood_score="entropy"):
+    """The metrics of `evaluate_uncertainty` for given probabilities.
+
+    For any classifier (no posterior needed): accuracy, nll, ece, mce,
+    brier, misclassification_auroc and, with `probs_ood`, ood_auroc,
+    ood_aupr_in, ood_aupr_out and ood_fpr_at_95_tpr.
+    """
+    labels = np.asarray(labels).reshape(-1)
+    block = _block(labels, probs, num_bins)
+    if probs_ood is not None:
+        ood = ood_detection(probs, probs_ood, score=ood_score)
+        block.update({f"ood_{k}": v for k, v in ood.items() if k != "score"})
+    return block
+
+
 def evaluate_uncertainty(predictive, x, y, x_ood=None, num_bins=15,
                          ood_score="entropy", at_mean=True, averaged=True):
     """Accuracy, calibration and detection metrics of a `Predictive`.

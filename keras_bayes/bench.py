@@ -1,0 +1,552 @@
+"""The CIFAR-10 benchmark of the report: every method, one harness.
+
+    python -m keras_bayes.bench --methods sgd,soba,bsam --epochs 60 \\
+        --out benchmarks/results/cifar10_gpu
+
+trains ResNet-20 (FRN by default, `--model resnet20-bn` for BatchNorm, or
+`--model cnn` for a quick CPU model) on CIFAR-10 with each method's recipe
+(the paper's batch size, learning rate, warmup + cosine schedule and prior),
+evaluates at the mean and averaged over posterior samples, and writes
+`<out>.json` (one record per run, appended as runs finish) and `<out>.md`.
+
+Data: `--data offline` (default) reads the JPEG archive of
+`keras_bayes.datasets.load_cifar10`; `--data tfds` uses `tensorflow_datasets`
+(internet or a prepared data directory). Augmentation (`--augment`, on by
+default): random 32×32 crops of the 4-pixel zero-padded image and horizontal
+flips, in NumPy, so every backend sees the same pipeline; the methods' `ess`
+then counts the augmentation factor as in their papers.
+
+Metrics: accuracy, NLL, ECE (15 bins), Brier, misclassification AUROC, and,
+with `--heldout-classes` (the class-split protocol: train on the other
+classes, score the held-out test images as out-of-distribution), OOD AUROC;
+for posterior methods both at the mean and averaged over `--test-samples`
+samples. Seconds per epoch (first epoch, with compilation, reported apart)
+and peak memory (device memory on a GPU, peak process RSS on a CPU).
+
+Resuming: a run whose (method, seed, model, epochs) record is in `<out>.json`
+is skipped; an interrupted run continues from its last finished epoch
+through `keras.callbacks.BackupAndRestore` in `<out>_backup/`.
+"""
+
+import argparse
+import datetime
+import json
+import math
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+
+import keras
+import numpy as np
+
+from keras_bayes import datasets
+from keras_bayes import models
+from keras_bayes import optimizers
+from keras_bayes.metrics import evaluate_probabilities
+from keras_bayes.predictive import Predictive
+from keras_bayes.predictive import softmax
+from keras_bayes.training import TwoPassModel
+
+CIFAR10_TRAIN_SIZE = 50_000
+CHANNEL_MEAN = np.array([0.4914, 0.4822, 0.4465], "float32")
+CHANNEL_STD = np.array([0.2470, 0.2435, 0.2616], "float32")
+
+
+# ----------------------------------------------------------------------
+# Recipes. Each returns (optimizer, batch_size, wrap): the optimizer with its
+# schedule, the paper's batch size, and whether it needs `TwoPassModel`.
+
+def warmup_cosine(peak, steps_per_epoch, epochs, warmup_epochs=5):
+    """Linear warmup to `peak` over `warmup_epochs`, then cosine to 0."""
+    total = max(1, steps_per_epoch * epochs)
+    warmup = min(total - 1, steps_per_epoch * min(warmup_epochs, epochs // 4))
+    return keras.optimizers.schedules.CosineDecay(
+        initial_learning_rate=0.0 if warmup else peak,
+        decay_steps=max(1, total - warmup), alpha=0.0,
+        warmup_target=peak if warmup else None, warmup_steps=warmup)
+
+
+def _sgd(ctx):
+    # The baselines of the IVON scripts: SGD 0.1, momentum 0.9, δ = 2e-4.
+    return (keras.optimizers.SGD(ctx.schedule(0.1, 128), momentum=0.9,
+                                 weight_decay=2e-4), 128, False)
+
+
+def _adam(ctx):
+    return (keras.optimizers.AdamW(ctx.schedule(2e-3, 128),
+                                   weight_decay=2e-4), 128, False)
+
+
+def _sam_sgd(ctx):
+    # bSAM's SAM-SGD baseline: ρ = 0.05, heavy-ball SGD.
+    return (optimizers.SAM(ctx.schedule(0.1, 128), rho=0.05, momentum=0.9,
+                           weight_decay=2e-4), 128, True)
+
+
+def _bsam(ctx):
+    # Official README, CIFAR-10: α 0.5, ρ 0.01, priorprec 40, N = 4·50 000
+    # (augmentation factor 4), m-sharpness 8, batch 200.
+    n = ctx.ess(4)
+    return (optimizers.BSAM(ctx.schedule(0.5, 200), ess=n, rho=0.01,
+                            weight_decay=40.0 / n, batch_split=8,
+                            seed=ctx.seed), 200, True)
+
+
+def _soba(ctx):
+    # ivon-experiments CIFAR-10 ResNet-20: α 0.2, h0 0.5, δ 2e-4, λ 50 000,
+    # batch 50, 5-epoch warmup then cosine.
+    return (optimizers.SOBA(ctx.schedule(0.2, 50), ess=ctx.ess(1),
+                            hess_init=0.5, weight_decay=2e-4,
+                            beta2=0.99999, seed=ctx.seed), 50, False)
+
+
+def _lie_additive(ctx):
+    # Lie-group README, ResNet-20: α1 0.5, β1 0.8, Gaussian noise 0.005,
+    # priorprec 25, batch 200.
+    return (optimizers.LieAdditive(
+        ctx.schedule(0.5, 200), beta1=0.8, noise="gaussian",
+        noise_scale=0.005, weight_decay=25.0 / ctx.ess(1), seed=ctx.seed),
+        200, False)
+
+
+def _lie_affine(ctx):
+    # Lie-group README, ResNet-20: α1 1.0, α2 0.05, β1 0.8, β2 0.999,
+    # temperature 1, Gaussian noise 0.005, priorprec 25, batch 200.
+    return (optimizers.LieAffine(
+        ctx.schedule(1.0, 200), ess=ctx.ess(1), scale_lr_ratio=0.05,
+        beta1=0.8, beta2=0.999, temperature=1.0, noise="gaussian",
+        noise_scale=0.005, weight_decay=25.0 / ctx.ess(1), seed=ctx.seed),
+        200, False)
+
+
+METHODS = {
+    "sgd": _sgd,
+    "adam": _adam,
+    "sam-sgd": _sam_sgd,
+    "bsam": _bsam,
+    "soba": _soba,
+    "lie-additive": _lie_additive,
+    "lie-affine": _lie_affine,
+}
+# Not available (yet): SAM-Adam (keras_bayes' SAM is heavy-ball SGD) and VOGN
+# (needs per-example gradients in the training step).
+
+
+class RecipeContext:
+    """What a recipe needs to know about the run."""
+
+    def __init__(self, train_size, epochs, seed, augment,
+                 batch_size_override=None):
+        self.train_size = train_size
+        self.epochs = epochs
+        self.seed = seed
+        self.augment = augment
+        self.batch_size_override = batch_size_override
+
+    def batch_size(self, default):
+        return self.batch_size_override or default
+
+    def schedule(self, peak, batch_size):
+        steps = math.ceil(self.train_size / self.batch_size(batch_size))
+        return warmup_cosine(peak, steps, self.epochs)
+
+    def ess(self, augmentation_factor):
+        """The training-set size, times the augmentation factor if used."""
+        return float(self.train_size * (augmentation_factor
+                                        if self.augment else 1))
+
+
+def build_method(name, ctx):
+    """(optimizer, batch_size, wrap) for method `name`."""
+    if name not in METHODS:
+        raise ValueError(f"`--methods` entries must be in {sorted(METHODS)}. "
+                         f"Received: {name!r}")
+    optimizer, batch_size, wrap = METHODS[name](ctx)
+    return optimizer, ctx.batch_size(batch_size), wrap
+
+
+# ----------------------------------------------------------------------
+# Data.
+
+def normalize(images):
+    return ((images.astype("float32") / 255.0) - CHANNEL_MEAN) / CHANNEL_STD
+
+
+def load_data(source, train_size=None, test_size=None, path=None, seed=0,
+              heldout_classes=()):
+    """(x_train, y_train), (x_test, y_test), x_ood (None without held-out
+    classes): normalised float32 images, labels renumbered when classes are
+    held out."""
+    if source == "offline":
+        (x, y), (xt, yt) = datasets.load_cifar10(
+            path=path, train_size=train_size, test_size=test_size, seed=seed)
+    elif source == "tfds":
+        (x, y), (xt, yt) = datasets.load_tfds("cifar10")
+        rng = np.random.default_rng(seed)
+        if train_size:
+            keep = rng.permutation(len(x))[:train_size]
+            x, y = x[keep], y[keep]
+        if test_size:
+            keep = rng.permutation(len(xt))[:test_size]
+            xt, yt = xt[keep], yt[keep]
+    else:
+        raise ValueError(f"`--data` must be 'offline' or 'tfds'. Received: "
+                         f"{source!r}")
+    x, xt = normalize(x), normalize(xt)
+    y, yt = y.astype("int64").ravel(), yt.astype("int64").ravel()
+    x_ood = None
+    if heldout_classes:
+        kept = [c for c in range(10) if c not in heldout_classes]
+        (x, y), _ = datasets.class_split(x, y, kept)
+        (xt, yt), x_ood = datasets.class_split(xt, yt, kept)
+    return (x, y), (xt, yt), x_ood
+
+
+class AugmentedBatches(keras.utils.PyDataset):
+    """Shuffled batches with random crops (4-pixel padding) and flips."""
+
+    def __init__(self, x, y, batch_size, seed, augment=True):
+        super().__init__()
+        self.x, self.y = x, y
+        self.batch_size = batch_size
+        self.augment = augment
+        self.rng = np.random.default_rng(seed)
+        self.order = self.rng.permutation(len(x))
+
+    def __len__(self):
+        return math.ceil(len(self.x) / self.batch_size)
+
+    def on_epoch_end(self):
+        self.order = self.rng.permutation(len(self.x))
+
+    def __getitem__(self, index):
+        rows = self.order[index * self.batch_size:(index + 1)
+                          * self.batch_size]
+        x, y = self.x[rows], self.y[rows]
+        if not self.augment:
+            return x, y
+        padded = np.pad(x, ((0, 0), (4, 4), (4, 4), (0, 0)))
+        out = np.empty_like(x)
+        tops = self.rng.integers(0, 9, len(x))
+        lefts = self.rng.integers(0, 9, len(x))
+        flips = self.rng.random(len(x)) < 0.5
+        for i in range(len(x)):
+            crop = padded[i, tops[i]:tops[i] + 32, lefts[i]:lefts[i] + 32]
+            out[i] = crop[:, ::-1] if flips[i] else crop
+        return out, y
+
+
+# ----------------------------------------------------------------------
+# Measurement.
+
+class EpochTimer(keras.callbacks.Callback):
+    """Wall-clock seconds of every epoch."""
+
+    def __init__(self):
+        super().__init__()
+        self.seconds = []
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._start = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.seconds.append(time.perf_counter() - self._start)
+
+
+def peak_memory_bytes():
+    """(bytes, what): device peak on a GPU, else the process' peak RSS."""
+    backend = keras.backend.backend()
+    try:
+        if backend == "torch":
+            import torch
+
+            if torch.cuda.is_available():
+                return torch.cuda.max_memory_allocated(), "gpu peak"
+        elif backend == "jax":
+            import jax
+
+            device = jax.devices()[0]
+            if device.platform == "gpu":
+                return device.memory_stats()["peak_bytes_in_use"], "gpu peak"
+        elif backend == "tensorflow":
+            import tensorflow as tf
+
+            if tf.config.list_physical_devices("GPU"):
+                info = tf.config.experimental.get_memory_info("GPU:0")
+                return info["peak"], "gpu peak"
+    except Exception:  # pragma: no cover - depends on the device
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, (
+        "process peak RSS")
+
+
+def describe_device():
+    backend = keras.backend.backend()
+    try:
+        if backend == "jax":
+            import jax
+
+            device = jax.devices()[0]
+            if device.platform == "gpu":
+                return device.device_kind
+        elif backend == "torch":
+            import torch
+
+            if torch.cuda.is_available():
+                return torch.cuda.get_device_name(0)
+        elif backend == "tensorflow":
+            import tensorflow as tf
+
+            gpus = tf.config.list_physical_devices("GPU")
+            if gpus:
+                return tf.config.experimental.get_device_details(
+                    gpus[0]).get("device_name", "GPU")
+    except Exception:  # pragma: no cover
+        pass
+    return f"CPU {platform.machine()} ({os.cpu_count()} cores)"
+
+
+def git_commit():
+    try:
+        return subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+            text=True, cwd=os.path.dirname(os.path.abspath(__file__)),
+            timeout=10).stdout.strip() or None
+    except Exception:  # pragma: no cover
+        return None
+
+
+def build_model(name, num_classes):
+    if name == "resnet20":
+        return models.resnet20(num_classes, normalization="frn")
+    if name == "resnet20-bn":
+        return models.resnet20(num_classes, normalization="batchnorm")
+    if name == "cnn":
+        return models.small_cnn(num_classes)
+    raise ValueError(f"`--model` must be one of ['cnn', 'resnet20', "
+                     f"'resnet20-bn']. Received: {name!r}")
+
+
+def evaluate_model(model, x, y, x_ood, test_samples, seed):
+    """{"mean": metrics, "bma": metrics or None}."""
+    inner = model.inner if isinstance(model, TwoPassModel) else model
+    posterior = optimizers.base.unwrap_optimizer(model.optimizer)
+    if posterior is None:
+        def point(inputs):
+            return softmax(np.asarray(inner.predict(inputs, batch_size=500,
+                                                    verbose=0)))
+        probs_ood = None if x_ood is None else point(x_ood)
+        return {"mean": evaluate_probabilities(y, point(x), probs_ood),
+                "bma": None}
+    predictive = Predictive(inner, num_samples=test_samples,
+                            optimizer=posterior, from_logits=True, seed=seed,
+                            batch_size=500)
+    out = {}
+    at_mean = predictive.predict_at_mean(x)
+    out["mean"] = evaluate_probabilities(
+        y, at_mean, None if x_ood is None else
+        predictive.predict_at_mean(x_ood))
+    out["bma"] = evaluate_probabilities(
+        y, predictive.predict(x), None if x_ood is None else
+        predictive.predict(x_ood))
+    return out
+
+
+def run_one(method, args, data, seed):
+    (x, y), (xt, yt), x_ood = data
+    num_classes = int(y.max()) + 1
+    keras.utils.set_random_seed(seed)
+    ctx = RecipeContext(len(x), args.epochs, seed, args.augment,
+                        args.batch_size)
+    optimizer, batch_size, wrap = build_method(method, ctx)
+    model = build_model(args.model, num_classes)
+    if wrap:
+        model = TwoPassModel(model)
+    model.compile(optimizer=optimizer,
+                  loss=keras.losses.SparseCategoricalCrossentropy(
+                      from_logits=True),
+                  metrics=["accuracy"])
+    timer = EpochTimer()
+    callbacks = [timer]
+    if args.out:
+        backup = f"{args.out}_backup/{method}-{args.model}-seed{seed}"
+        callbacks.append(keras.callbacks.BackupAndRestore(backup))
+    batches = AugmentedBatches(x, y, batch_size, seed, args.augment)
+    start = time.perf_counter()
+    model.fit(batches, epochs=args.epochs, callbacks=callbacks,
+              verbose=args.verbose)
+    wall = time.perf_counter() - start
+    metrics = evaluate_model(model, xt, yt, x_ood, args.test_samples, seed)
+    memory, memory_kind = peak_memory_bytes()
+    steady = timer.seconds[1:] or timer.seconds
+    return {
+        "method": method,
+        "seed": seed,
+        "model": args.model,
+        "epochs": args.epochs,
+        "batch_size": batch_size,
+        "train_size": len(x),
+        "test_size": len(xt),
+        "heldout_classes": list(args.heldout_classes),
+        "augment": args.augment,
+        "test_samples": args.test_samples,
+        "seconds_per_epoch": float(np.median(steady)) if steady else None,
+        "first_epoch_seconds": timer.seconds[0] if timer.seconds else None,
+        "wall_seconds": wall,
+        "peak_memory_mb": memory / 2**20,
+        "peak_memory_kind": memory_kind,
+        "mean": metrics["mean"],
+        "bma": metrics["bma"],
+    }
+
+
+COLUMNS = (("accuracy", "acc", "{:.4f}"), ("nll", "NLL", "{:.3f}"),
+           ("ece", "ECE", "{:.4f}"), ("brier", "Brier", "{:.4f}"),
+           ("misclassification_auroc", "misclass. AUROC", "{:.3f}"),
+           ("ood_auroc", "OOD AUROC", "{:.3f}"))
+
+
+def markdown(payload):
+    records = payload["records"]
+    header = ["method", "prediction"] + [c[1] for c in COLUMNS] + [
+        "s/epoch", "peak MB", "seeds"]
+    lines = ["| " + " | ".join(header) + " |",
+             "|" + "|".join(["---"] * 2 + ["---:"] * (len(header) - 2))
+             + "|"]
+    for method in dict.fromkeys(r["method"] for r in records):
+        runs = [r for r in records if r["method"] == method]
+        for kind in ("mean", "bma"):
+            if runs[0][kind] is None:
+                continue
+            cells = []
+            for key, _, fmt in COLUMNS:
+                values = [r[kind].get(key) for r in runs
+                          if r[kind].get(key) is not None]
+                if not values:
+                    cells.append("–")
+                elif len(values) == 1:
+                    cells.append(fmt.format(values[0]))
+                else:
+                    cells.append(fmt.format(np.mean(values)) + " ± "
+                                 + fmt.format(np.std(values)))
+            label = ("at the mean" if kind == "mean" and runs[0]["bma"]
+                     else "point" if kind == "mean"
+                     else f"{runs[0]['test_samples']}-sample average")
+            lines.append("| " + " | ".join(
+                [method, label] + cells + [
+                    f"{np.mean([r['seconds_per_epoch'] for r in runs]):.2f}",
+                    f"{max(r['peak_memory_mb'] for r in runs):.0f}",
+                    ",".join(str(r["seed"]) for r in runs)]) + " |")
+    first = records[0] if records else {}
+    quick = (" **small setting (subset/epochs): a smoke run, not a "
+             "reproduction**") if payload.get("small") else ""
+    notes = [
+        "",
+        f"Backend {payload['backend']} on {payload['device']}; keras "
+        f"{payload['keras_version']}; commit {payload['commit']}; "
+        f"{payload['date']}.",
+        f"Model {first.get('model')}, {first.get('epochs')} epochs, train "
+        f"{first.get('train_size')} / test {first.get('test_size')} images, "
+        f"augmentation {first.get('augment')}, held-out (OOD) classes "
+        f"{first.get('heldout_classes') or 'none'}; peak memory: "
+        f"{first.get('peak_memory_kind')}.",
+        f"Command: `{payload['command']}`{quick}",
+    ]
+    return "\n".join(["# CIFAR-10 benchmark", ""] + lines + notes) + "\n"
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(
+        prog="python -m keras_bayes.bench",
+        description=__doc__.split("\n\n")[0])
+    parser.add_argument("--methods", default="sgd,soba,bsam",
+                        help=f"comma-separated, from {sorted(METHODS)}")
+    parser.add_argument("--model", default="resnet20",
+                        help="resnet20 (FRN), resnet20-bn or cnn")
+    parser.add_argument("--epochs", type=int, default=60)
+    parser.add_argument("--seeds", default="0",
+                        help="comma-separated seeds")
+    parser.add_argument("--subset", type=int, default=None,
+                        help="class-balanced training subset size")
+    parser.add_argument("--test-subset", type=int, default=None)
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help="override every method's batch size")
+    parser.add_argument("--test-samples", type=int, default=32)
+    parser.add_argument("--heldout-classes", default="",
+                        help="e.g. 8,9: class-split OOD protocol")
+    parser.add_argument("--no-augment", dest="augment",
+                        action="store_false")
+    parser.add_argument("--data", default="offline",
+                        help="offline (the JPEG archive) or tfds")
+    parser.add_argument("--data-path", default=None,
+                        help="the offline archive (default: see "
+                        "keras_bayes.datasets.load_cifar10)")
+    parser.add_argument("--out", default="benchmarks/results/cifar10",
+                        help="output path without extension ('' = none)")
+    parser.add_argument("--verbose", type=int, default=1)
+    args = parser.parse_args(argv)
+    args.methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    for method in args.methods:
+        if method not in METHODS:
+            parser.error(f"--methods: {method!r} is not one of "
+                         f"{sorted(METHODS)}")
+    args.seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    args.heldout_classes = tuple(
+        int(c) for c in args.heldout_classes.split(",") if c.strip())
+    if args.epochs < 1:
+        parser.error("--epochs must be >= 1")
+    return args
+
+
+def main(argv=None):
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parse_args(argv)
+    data = load_data(args.data, args.subset, args.test_subset,
+                     args.data_path, heldout_classes=args.heldout_classes)
+    payload = {"records": []}
+    json_path = f"{args.out}.json" if args.out else None
+    if json_path and os.path.exists(json_path):
+        with open(json_path) as f:
+            payload = json.load(f)
+    payload.update({
+        "date": datetime.date.today().isoformat(),
+        "command": "python -m keras_bayes.bench " + " ".join(argv),
+        "backend": keras.backend.backend(),
+        "keras_version": keras.__version__,
+        "device": describe_device(),
+        "commit": git_commit(),
+        "small": bool(args.subset or args.test_subset),
+    })
+    done = {(r["method"], r["seed"], r["model"], r["epochs"])
+            for r in payload["records"]}
+    for method in args.methods:
+        for seed in args.seeds:
+            if (method, seed, args.model, args.epochs) in done:
+                print(f"{method} seed {seed}: already in {json_path}, "
+                      "skipped")
+                continue
+            print(f"== {method}, seed {seed}", flush=True)
+            record = run_one(method, args, data, seed)
+            payload["records"].append(record)
+            summary = record["bma"] or record["mean"]
+            print(f"{method} seed {seed}: acc {summary['accuracy']:.4f} "
+                  f"NLL {summary['nll']:.3f} ECE {summary['ece']:.4f} "
+                  f"({record['seconds_per_epoch']:.2f} s/epoch)", flush=True)
+            if json_path:
+                os.makedirs(os.path.dirname(os.path.abspath(json_path)),
+                            exist_ok=True)
+                with open(json_path, "w") as f:
+                    json.dump(payload, f, indent=1)
+    table = markdown(payload)
+    if args.out:
+        with open(f"{args.out}.md", "w") as f:
+            f.write(table)
+    print(table)
+    return payload
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,135 @@
+"""The CIFAR-10 benchmark harness (`python -m keras_bayes.bench`) in its
+small setting, its data pipeline and the ResNet-20 models."""
+
+import json
+import os
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+
+from keras_bayes import bench
+from keras_bayes import models
+from keras_bayes.datasets import DEFAULT_CIFAR10_PATH
+
+HAS_ARCHIVE = os.path.exists(DEFAULT_CIFAR10_PATH)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not HAS_ARCHIVE, reason="offline CIFAR-10 archive "
+                    "not beside the checkout")
+def test_small_run_writes_results_and_resumes(tmp_path):
+    out = str(tmp_path / "cifar10")
+    argv = ["--methods", "sgd,soba,bsam", "--model", "cnn", "--epochs", "1",
+            "--subset", "200", "--test-subset", "100", "--test-samples", "2",
+            "--heldout-classes", "9", "--out", out, "--verbose", "0"]
+    payload = bench.main(argv)
+    records = payload["records"]
+    assert [r["method"] for r in records] == ["sgd", "soba", "bsam"]
+    for record in records:
+        assert record["train_size"] == 180  # class 9 held out
+        assert record["seconds_per_epoch"] > 0
+        assert record["peak_memory_mb"] > 0
+        blocks = [record["mean"]] + ([record["bma"]] if record["bma"]
+                                     else [])
+        for block in blocks:
+            assert 0.0 <= block["accuracy"] <= 1.0
+            assert block["nll"] > 0 and 0.0 <= block["ece"] <= 1.0
+            assert 0.0 <= block["ood_auroc"] <= 1.0
+    assert records[0]["bma"] is None          # SGD has no posterior
+    assert records[1]["bma"] is not None      # SOBA has one
+    saved = json.loads(open(out + ".json").read())
+    assert len(saved["records"]) == 3 and saved["small"]
+    table = open(out + ".md").read()
+    assert "| soba | 2-sample average |" in table
+    assert "smoke run, not a reproduction" in table
+    # Finished runs leave no backup and are skipped when run again.
+    assert not os.listdir(out + "_backup")
+    again = bench.main(argv)
+    assert len(again["records"]) == 3
+
+
+def test_warmup_cosine_schedule():
+    schedule = bench.warmup_cosine(0.2, steps_per_epoch=10, epochs=40)
+    values = [float(keras.ops.convert_to_numpy(schedule(s)))
+              for s in (0, 25, 50, 225, 399)]
+    assert values[0] == pytest.approx(0.0)
+    assert values[1] == pytest.approx(0.1, rel=1e-5)   # half-way warmup
+    assert values[2] == pytest.approx(0.2, rel=1e-5)   # the peak
+    assert values[3] == pytest.approx(0.1, rel=1e-3)   # half-way cosine
+    assert values[4] < 1e-4
+
+
+def test_augmented_batches_are_crops_and_flips():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(10, 32, 32, 3)).astype("float32")
+    y = np.arange(10)
+    batches = bench.AugmentedBatches(x, y, batch_size=4, seed=0)
+    assert len(batches) == 3
+    seen = []
+    for index in range(len(batches)):
+        xb, yb = batches[index]
+        seen += list(yb)
+        for image, label in zip(xb, yb):
+            padded = np.pad(x[label], ((4, 4), (4, 4), (0, 0)))
+            found = any(
+                np.array_equal(image, crop) or np.array_equal(
+                    image, crop[:, ::-1])
+                for top in range(9) for left in range(9)
+                for crop in [padded[top:top + 32, left:left + 32]])
+            assert found
+    assert sorted(seen) == list(range(10))
+    plain = bench.AugmentedBatches(x, y, 4, seed=0, augment=False)
+    xb, yb = plain[0]
+    np.testing.assert_array_equal(xb, x[yb])
+
+
+@pytest.mark.parametrize("normalization", ["frn", "batchnorm"])
+def test_resnet20(normalization):
+    model = models.resnet20(num_classes=10, normalization=normalization)
+    assert 0.26e6 < model.count_params() < 0.28e6
+    names = {type(layer).__name__ for layer in model.layers}
+    if normalization == "frn":
+        assert "BatchNormalization" not in names
+        assert "FilterResponseNormalization" in names
+    else:
+        assert "FilterResponseNormalization" not in names
+    out = model(np.zeros((2, 32, 32, 3), "float32"))
+    assert tuple(out.shape) == (2, 10)
+    with pytest.raises(ValueError, match="normalization"):
+        models.resnet20(normalization="layernorm")
+
+
+def test_bad_arguments():
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--methods", "sgd,vogn-typo"])
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--epochs", "0"])
+    with pytest.raises(ValueError, match="data"):
+        bench.load_data("internet")
+    with pytest.raises(ValueError, match="model"):
+        bench.build_model("vgg", 10)
+
+
+TFDS_SCRIPT = """
+import tensorflow_datasets as tfds
+from keras_bayes import bench
+with tfds.testing.mock_data(num_examples=200):
+    (x, y), (xt, yt), x_ood = bench.load_data("tfds", heldout_classes=(9,))
+assert x.shape[1:] == (32, 32, 3) and x.dtype.name == "float32"
+assert y.max() <= 8 and len(x_ood) + len(xt) == 200
+print("ok")
+"""
+
+
+@pytest.mark.skipif(keras.backend.backend() != "tensorflow",
+                    reason="the TFDS path is backend-independent NumPy; "
+                    "checked once")
+def test_tfds_path_with_mock_data():
+    pytest.importorskip("tensorflow_datasets")
+    result = subprocess.run([sys.executable, "-c", TFDS_SCRIPT],
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0 and "ok" in result.stdout, (
+        result.stderr[-3000:])
