@@ -97,6 +97,17 @@ OPTIMIZERS = {
         learning_rate=0.05, ess=TRAIN_SET_SIZE, hess_init=0.5,
         weight_decay=2e-4, seed=0, fused_update=False,
     ),
+    # The Lie-group Bayesian learning rule, the CIFAR-10 recipe's settings
+    # (VOGN is not listed: it needs keras_bayes.per_example.VOGNModel).
+    "lie-additive": lambda: kb_optimizers.LieAdditive(
+        learning_rate=0.5, beta1=0.8, noise_scale=0.005, weight_decay=5e-4,
+        seed=0,
+    ),
+    "lie-affine": lambda: kb_optimizers.LieAffine(
+        learning_rate=1.0, ess=TRAIN_SET_SIZE, scale_lr_ratio=0.05,
+        beta1=0.8, beta2=0.999, noise_scale=0.005, weight_decay=5e-4,
+        seed=0,
+    ),
     # Two gradients per step: trained through keras_bayes.TwoPassModel.
     "sam": lambda: kb_optimizers.SAM(learning_rate=0.01, rho=0.05),
     "bsam": lambda: kb_optimizers.BSAM(

@@ -10,7 +10,9 @@ from keras_bayes.optimizers.sam import SAM
 from keras_bayes.optimizers.sam import TwoPassOptimizer
 from keras_bayes.optimizers.soba import IVON
 from keras_bayes.optimizers.soba import SOBA
+from keras_bayes.optimizers.vogn import VOGN
 
 __all__ = ["BSAM", "IVON", "PosteriorOptimizer", "SAM", "SOBA",
            "TwoPassOptimizer"]
-__all__ += ["LieAdditive", "LieAffine", "LieGroupBLR", "LieMultiplicative"]
+__all__ += ["LieAdditive", "LieAffine", "LieGroupBLR", "LieMultiplicative",
+            "VOGN"]
