@@ -434,7 +434,7 @@ def test_uniform_samples_stay_in_their_box():
 # Training with `fit`.
 
 def _loss(model, x, y):
-    return float(LOSS(y, model(x, training=False)))
+    return float(_numpy(LOSS(y, model(x, training=False))))
 
 
 @pytest.mark.parametrize(
