@@ -235,3 +235,32 @@ def test_predictive_averages_samples(digits):
         plain = small_classifier()
         plain.compile("adam", LOSS)
         keras_bayes.Predictive(plain)
+
+
+@pytest.mark.skipif(keras.backend.backend() == "torch",
+                    reason="jit_compile=True is torch.compile on torch; "
+                    "the XLA variable-lifting check is TensorFlow's")
+@pytest.mark.parametrize("make", [
+    lambda: keras_bayes.optimizers.SOBA(0.1, ess=64.0, seed=0),
+    lambda: keras_bayes.optimizers.SOBA(0.1, ess=64.0, seed=0,
+                                        gradient_accumulation_steps=2),
+], ids=["plain", "accumulated"])
+def test_jit_compile_true(make):
+    """XLA on TensorFlow (the default there on a GPU): the optimizer is built
+    inside the traced step, so no slot may start from a traced value."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(64, 8)).astype("float32")
+    y = rng.integers(0, 3, size=64)
+    model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(3)])
+    initial = [w.copy() for w in model.get_weights()]
+    optimizer = make()
+    model.compile(optimizer, keras.losses.SparseCategoricalCrossentropy(
+        from_logits=True), jit_compile=True)
+    model.fit(x, y, batch_size=16, epochs=2, verbose=0)
+    # The mean moved away from the initial weights, and not towards 0 (the
+    # constant the mean slot starts from): the first update used the
+    # weights as the mean.
+    mean = optimizer.posterior_mean()
+    assert not np.allclose(mean[0], initial[0])
+    assert np.abs(mean[0] - initial[0]).max() < 0.5 * np.abs(
+        initial[0]).max()

@@ -403,7 +403,7 @@ class PosteriorOptimizer(keras.optimizers.Optimizer):
         trainable_variables = list(trainable_variables)
         if not self.built:
             self.build(trainable_variables)
-        first = ops.equal(self.iterations, 0)
+        first = self._before_first_update()
         points = []
         for variable in trainable_variables:
             index = self._get_variable_index(variable)
@@ -423,14 +423,24 @@ class PosteriorOptimizer(keras.optimizers.Optimizer):
     def _state_initializer(self, name, variable):
         """Initializer of the slot `name` for `variable`.
 
-        The mean starts at the variable's value. It is set through the
-        initializer rather than an `assign` after creation: on TensorFlow the
-        optimizer is built while the first training step is traced, and an
-        assign there belongs to a trace that never runs.
+        Every slot starts from a constant. The mean slot is not read before
+        the first update: until then the mean is the variable itself (see
+        `_before_first_update`). Initialising it from the variable instead
+        would fail under `jit_compile=True` on TensorFlow, which builds the
+        optimizer while the first step is traced and cannot lift a variable
+        whose initial value depends on the trace out to XLA.
         """
-        if name == "mean":
-            return lambda shape, dtype: ops.cast(ops.copy(variable), dtype)
         return "zeros"
+
+    def _before_first_update(self):
+        """True until the first posterior update has been applied.
+
+        With `gradient_accumulation_steps` = k the first update happens at
+        iteration k − 1; before it the model's variables still hold their
+        initial values, which are the mean.
+        """
+        steps = self.gradient_accumulation_steps or 1
+        return ops.less(self.iterations, steps)
 
     # ------------------------------------------------------------------
     # The update.
@@ -460,7 +470,7 @@ class PosteriorOptimizer(keras.optimizers.Optimizer):
         # Before the first step the mean follows the variable, so weights
         # loaded after `build` (or broadcast by a distributed wrapper) count.
         state["mean"] = ops.where(
-            ops.equal(self.iterations, 0), sample, state["mean"]
+            self._before_first_update(), sample, state["mean"]
         )
         return state
 
@@ -484,6 +494,7 @@ class PosteriorOptimizer(keras.optimizers.Optimizer):
         self.assign(variable, new_state["mean"] + std * noise)
 
     def _backend_update_step(self, grads, trainable_variables, learning_rate):
+        self._pin_mean_of_skipped(trainable_variables)
         if self._fuse and _single_device():
             return self._fused_update_step(
                 grads, trainable_variables, learning_rate
@@ -491,6 +502,21 @@ class PosteriorOptimizer(keras.optimizers.Optimizer):
         return super()._backend_update_step(
             grads, trainable_variables, learning_rate
         )
+
+    def _pin_mean_of_skipped(self, updated):
+        """Give variables without a gradient (Keras drops `None` gradients)
+        their own value as mean at the first update: their mean slot is
+        never written otherwise, and `fit` ends by writing the mean."""
+        updated = {id(v) for v in updated}
+        skipped = [(i, v) for i, v in enumerate(self._trainable_variables)
+                   if id(v) not in updated]
+        if not skipped:
+            return
+        first = self._before_first_update()
+        for index, variable in skipped:
+            slot = self._state["mean"][index]
+            self.assign(slot, ops.where(first, ops.convert_to_tensor(variable),
+                                        ops.convert_to_tensor(slot)))
 
     def _fused_update_step(self, grads, variables, learning_rate):
         """One flat `_posterior_update` per (dtype, weight decay) group.
@@ -515,7 +541,7 @@ class PosteriorOptimizer(keras.optimizers.Optimizer):
                 for name, slots in self._state.items()
             }
             state["mean"] = ops.where(
-                ops.equal(self.iterations, 0), sample, state["mean"]
+                self._before_first_update(), sample, state["mean"]
             )
             center = None
             if self._prior_slots:
@@ -582,16 +608,20 @@ class PosteriorOptimizer(keras.optimizers.Optimizer):
             )
 
     def _mean_values(self):
-        return [ops.convert_to_numpy(m) for m in self._state["mean"]]
+        return [ops.convert_to_numpy(mean)
+                for mean, _ in self._mean_and_std_tensors()]
 
     def _mean_and_std_tensors(self):
         """(mean, std) backend tensors per variable, std at full shape."""
         out = []
+        first = self._before_first_update()
         for index, variable in enumerate(self._trainable_variables):
             state = {
                 name: ops.convert_to_tensor(slots[index])
                 for name, slots in self._state.items()
             }
+            state["mean"] = ops.where(first, ops.convert_to_tensor(variable),
+                                      state["mean"])
             weight_decay, _ = self._prior_terms(index, variable)
             std = self._posterior_std(state, weight_decay)
             out.append(

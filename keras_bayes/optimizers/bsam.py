@@ -181,7 +181,7 @@ class BSAM(TwoPassOptimizer, base.PosteriorOptimizer):
         """m + ρ·g1/s per variable."""
         grads, variables = self._variables_for_point(gradients,
                                                      trainable_variables)
-        first = ops.equal(self.iterations, 0)
+        first = self._before_first_update()
         points = []
         for gradient, variable in zip(grads, variables):
             index = self._get_variable_index(variable)

@@ -227,7 +227,7 @@ class SOBA(base.PassStepContext, base.PosteriorOptimizer):
 
     def combine_passes(self, records, unscale, trainable_variables):
         """Writes the samples' curvature statistic; returns the mean g."""
-        first = ops.equal(self.iterations, 0)
+        first = self._before_first_update()
         for position, variable in enumerate(trainable_variables):
             index = self._get_variable_index(variable)
             sample = ops.convert_to_tensor(variable)
