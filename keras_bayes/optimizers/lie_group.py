@@ -187,41 +187,13 @@ class _LieGroupOptimizer(base.PosteriorOptimizer):
         # The centre of a `prior=` Posterior while a step is traced.
         self._prior_center = None
 
-    def _state_initializer(self, name, variable):
-        # Every slot starts from a constant; the mean (and the
-        # multiplicative scales) follow the variable lazily at the first
-        # step. A slot initialised from the variable's value cannot be
-        # created inside an XLA-compiled TensorFlow step, where Keras
-        # builds the optimizer.
-        return "zeros"
-
-    def _started(self):
-        return int(ops.convert_to_numpy(self.iterations)) > 0
-
-    def _mean_values(self):
-        # Before the first step the mean is the model's weights (the slot
-        # is filled lazily, see `_state_initializer`).
-        if not self._started():
-            return self._read_model()
-        return super()._mean_values()
-
-    def _mean_and_std_tensors(self):
-        pairs = super()._mean_and_std_tensors()
-        if self._started():
-            return pairs
-        return [(ops.convert_to_tensor(variable), std) for (_, std), variable
-                in zip(pairs, self._trainable_variables)]
-
     def _prior(self, index, variable):
         """(δ, centre or None) of the prior of a variable.
 
         `PosteriorOptimizer._prior_terms` gives a per-weight δ and centre
         when the optimizer was given `prior=`; otherwise δ = weight_decay.
         """
-        terms = getattr(self, "_prior_terms", None)
-        if terms is None:
-            return self._weight_decay_for(variable), None
-        return terms(index, variable)
+        return self._prior_terms(index, variable)
 
     def _draw(self, variable, seed=None):
         return noise_lib.draw_noise(
@@ -650,7 +622,7 @@ class LieMultiplicative(_LieGroupOptimizer):
                  for name, slots in self._state.items()}
         # Before the first step g± follow the variable, so weights loaded
         # after `build` count.
-        first = ops.equal(self.iterations, 0)
+        first = self._before_first_update()
         positive, negative = self._initial_scales(sample)
         state["positive"] = ops.where(first, positive, state["positive"])
         state["negative"] = ops.where(first, negative, state["negative"])
