@@ -97,8 +97,7 @@ OPTIMIZERS = {
         learning_rate=0.05, ess=TRAIN_SET_SIZE, hess_init=0.5,
         weight_decay=2e-4, seed=0, fused_update=False,
     ),
-    # The Lie-group Bayesian learning rule, the CIFAR-10 recipe's settings
-    # (VOGN is not listed: it needs keras_bayes.per_example.VOGNModel).
+    # The Lie-group Bayesian learning rule, the CIFAR-10 recipe's settings.
     "lie-additive": lambda: kb_optimizers.LieAdditive(
         learning_rate=0.5, beta1=0.8, noise_scale=0.005, weight_decay=5e-4,
         seed=0,
@@ -107,6 +106,11 @@ OPTIMIZERS = {
         learning_rate=1.0, ess=TRAIN_SET_SIZE, scale_lr_ratio=0.05,
         beta1=0.8, beta2=0.999, noise_scale=0.005, weight_decay=5e-4,
         seed=0,
+    ),
+    # Per-example gradients: trained through keras_bayes.per_example.VOGNModel
+    # (JAX and TensorFlow; torch.func cannot vmap Keras' channels-last convs).
+    "vogn": lambda: kb_optimizers.VOGN(
+        learning_rate=1e-3, ess=TRAIN_SET_SIZE, seed=0,
     ),
     # Two gradients per step: trained through keras_bayes.TwoPassModel.
     "sam": lambda: kb_optimizers.SAM(learning_rate=0.01, rho=0.05),
@@ -254,6 +258,10 @@ class Contender:
         self.optimizer = OPTIMIZERS[name]()
         if kb_optimizers.TwoPassOptimizer in type(self.optimizer).__mro__:
             self.model = keras_bayes.TwoPassModel(self.model)
+        elif isinstance(self.optimizer, kb_optimizers.VOGN):
+            from keras_bayes.per_example import VOGNModel
+
+            self.model = VOGNModel(self.model)
         self.model.compile(
             optimizer=self.optimizer,
             loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
