@@ -72,6 +72,32 @@ def _unscale_gradients(optimizer, grads):
             for g in grads]
 
 
+def _tf_replicas_in_sync():
+    """Replicas of the tf.distribute strategy whose replica context we are
+    in; 1 outside a strategy or in cross-replica context."""
+    import tensorflow as tf
+
+    if (not tf.distribute.has_strategy()
+            or tf.distribute.in_cross_replica_context()):
+        return 1
+    return int(tf.distribute.get_strategy().num_replicas_in_sync)
+
+
+def _tf_all_reduce_sum(grads):
+    """Sum a gradient list across replicas (None entries stay None)."""
+    import tensorflow as tf
+
+    grads = list(grads)
+    present = [i for i, g in enumerate(grads) if g is not None]
+    if not present:
+        return grads
+    reduced = tf.distribute.get_replica_context().all_reduce(
+        tf.distribute.ReduceOp.SUM, [grads[i] for i in present])
+    for i, value in zip(present, reduced):
+        grads[i] = value
+    return grads
+
+
 @keras.saving.register_keras_serializable(package="keras_bayes")
 class TwoPassModel(keras.Model):
     """A model whose training step takes two gradients on the same batch.
@@ -330,12 +356,60 @@ class TwoPassModel(keras.Model):
                     variable.assign(value)
             return tape2.gradient(loss2, point)
 
+        replicas = _tf_replicas_in_sync()
+        if replicas > 1:
+            # Under a tf.distribute strategy every gradient of this step is
+            # the replica's share of the global-batch gradient (the loss is
+            # divided by the number of replicas). Sum them across replicas
+            # before they reach the optimizer, so that the perturbation,
+            # the fresh samples and the slot statistics are those of the
+            # global batch, identical on every replica (the optimizer
+            # writes its slots in replica context, one copy per replica).
+            grads = _tf_all_reduce_sum(grads)
+            local_gradient_at = gradient_at
+
+            def gradient_at(point, batch):
+                return _tf_all_reduce_sum(local_gradient_at(point, batch))
+
         with _unwrap(self.optimizer).two_pass_step():
             grads = self._collect_gradients(grads, gradient_at, sub_batches)
+            if replicas > 1:
+                # `apply_gradients` sums the replicas' gradients again.
+                grads = [None if g is None else g / float(replicas)
+                         for g in grads]
             self.optimizer.apply_gradients(zip(grads, variables))
         return self.compute_metrics(x0, y0, y_pred, sample_weight=w0)
 
     # -- torch -----------------------------------------------------------
+
+    # Set by `keras_bayes.distributed.train_step` around a data-parallel
+    # step: a function that averages a gradient list over the processes.
+    _gradient_reducer = None
+
+    def _torch_gradient_reducer(self):
+        """The all-reduce of a data-parallel step, None on one process.
+
+        Under torch.distributed with several processes and no reducer, the
+        multi-pass step would build each process's perturbation from its
+        local gradient and the replicas would silently drift apart (the
+        second pass uses `torch.autograd.grad`, which no DDP hook sees).
+        """
+        reducer = self._gradient_reducer
+        if reducer is not None:
+            return reducer
+        import torch.distributed as dist
+
+        if (dist.is_available() and dist.is_initialized()
+                and dist.get_world_size() > 1):
+            raise NotImplementedError(
+                "TwoPassModel's multi-pass step (bSAM, SAM, SOBA with "
+                "mc_samples > 1) under torch.distributed needs every "
+                "gradient of the step averaged over the processes; train "
+                "with `keras_bayes.distributed.fit_data_parallel` (or call "
+                "`keras_bayes.distributed.train_step` in your loop). See "
+                "docs/distributed.md."
+            )
+        return None
 
     def _torch_multi_pass_step(self, data):
         import torch
@@ -356,6 +430,13 @@ class TwoPassModel(keras.Model):
         loss.backward()
         grads = [v.value.grad for v in variables]
         metrics = [v.value.detach().clone() for v in self.metrics_variables]
+        reduce = self._torch_gradient_reducer()
+        if reduce is not None:
+            # Data-parallel (`keras_bayes.distributed`): every gradient of
+            # the step is averaged over the processes before the optimizer
+            # sees it, so the perturbation and the curvature statistics are
+            # those of the global batch and identical on every process.
+            grads = reduce(grads)
 
         def gradient_at(point, batch):
             if point is None:
@@ -375,7 +456,8 @@ class TwoPassModel(keras.Model):
                 for variable, value in zip(self.non_trainable_variables,
                                            non_trainable):
                     variable.assign(value)
-            return list(point_grads)
+            point_grads = list(point_grads)
+            return point_grads if reduce is None else reduce(point_grads)
 
         with torch.no_grad():
             with _unwrap(self.optimizer).two_pass_step():
