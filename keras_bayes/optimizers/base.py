@@ -117,6 +117,67 @@ def _single_device():
     return True
 
 
+NONFINITE_CHOICES = ("skip", "raise")
+
+
+def all_finite(grads):
+    """A boolean scalar: every entry of every (non-None) gradient is finite."""
+    checks = [ops.all(ops.isfinite(g)) for g in grads if g is not None]
+    if not checks:
+        return ops.convert_to_tensor(True)
+    return ops.all(ops.stack(checks))
+
+
+def _agree_across_replicas(finite):
+    """On a tf.distribute replica, False if any replica saw a bad gradient.
+
+    Keras all-reduces the gradients after this check runs, so one replica's
+    NaN reaches every replica's update: every replica must skip.
+    """
+    if keras.backend.backend() != "tensorflow":
+        return finite
+    import tensorflow as tf
+
+    if (not tf.distribute.has_strategy()
+            or tf.distribute.in_cross_replica_context()):
+        return finite
+    bad = ops.cast(ops.logical_not(finite), "float32")
+    bad = tf.distribute.get_replica_context().all_reduce(
+        tf.distribute.ReduceOp.SUM, bad)
+    return ops.equal(bad, 0.0)
+
+
+def _raise_unless(finite, message):
+    """Raise FloatingPointError from inside a (compiled) step if not finite.
+
+    The update has already been skipped when this runs, so the posterior is
+    intact whichever backend raises and however late.
+    """
+    backend = keras.backend.backend()
+    if backend == "torch":
+        # One host sync per step; only in the opt-in "raise" mode.
+        if not bool(finite):
+            raise FloatingPointError(message)
+    elif backend == "tensorflow":
+        import tensorflow as tf
+
+        tf.debugging.Assert(finite, [message])
+    elif backend == "jax":
+        import jax
+
+        if isinstance(finite, jax.core.Tracer):
+            # An error raised while a jitted step runs leaves the model and
+            # optimizer state donated to it deleted: the posterior would be
+            # lost, which is what this option exists to prevent.
+            raise ValueError(
+                "nonfinite_gradients='raise' cannot raise from inside a "
+                "compiled JAX training step without losing the training "
+                "state. Use nonfinite_gradients='skip' (and read "
+                "`optimizer.nonfinite_steps`), or `run_eagerly=True`.")
+        if not bool(finite):
+            raise FloatingPointError(message)
+
+
 def _as_prior(prior):
     if prior is None or isinstance(prior, (Posterior, PriorSpec)):
         return prior
@@ -251,13 +312,26 @@ class PosteriorOptimizer(keras.optimizers.Optimizer):
         prior_strength: float > 0, τ, the tempering factor of the prior's
             precision. 1 (the default) is exact sequential Bayesian
             updating; below 1 the old tasks weigh less.
+        nonfinite_gradients: `"skip"` (the default) or `"raise"`. What a
+            step does when any gradient holds a NaN or an infinity. Either
+            way the update is not applied: the posterior state and the
+            model's sample stay as they were (the step still counts in
+            `iterations`, so learning-rate schedules and the noise seed
+            advance) and `nonfinite_steps` counts it. `"raise"` then raises
+            `FloatingPointError` (torch; JAX with `run_eagerly=True`) or
+            TensorFlow's `InvalidArgumentError` carrying the same message
+            (TensorFlow drops the check under XLA, `jit_compile=True`).
+            A compiled JAX step cannot raise without losing the state it
+            was given, so there `"raise"` is refused when the step is
+            traced. Under a `LossScaleOptimizer` (`mixed_float16`) the
+            wrapper skips such steps before this optimizer sees them.
     """
 
     state_names = ("mean",)
 
     def __init__(self, learning_rate, weight_decay=0.0, seed=None,
                  fused_update=None, prior=None, prior_strength=1.0,
-                 name=None, **kwargs):
+                 nonfinite_gradients="skip", name=None, **kwargs):
         if kwargs.get("use_ema"):
             raise ValueError(
                 f"`use_ema=True` is not supported by {type(self).__name__}: "
@@ -269,6 +343,8 @@ class PosteriorOptimizer(keras.optimizers.Optimizer):
             )
         weight_decay = 0.0 if weight_decay is None else weight_decay
         check_number("weight_decay", weight_decay, low=0.0)
+        check_choice("nonfinite_gradients", nonfinite_gradients,
+                     NONFINITE_CHOICES)
         check_learning_rate(learning_rate)
         if seed is not None and (
             isinstance(seed, bool) or not isinstance(seed, numbers.Integral)
@@ -290,6 +366,9 @@ class PosteriorOptimizer(keras.optimizers.Optimizer):
         # Set when the prior's values come from a config (paths and shapes
         # only) and have not been loaded yet.
         self._prior_values_missing = False
+        self.nonfinite_gradients = nonfinite_gradients
+        # The step's "all gradients finite" flag while an update is traced.
+        self._gradients_finite = None
         # Measured on CPU: a clear gain on torch (kernel launches, and one
         # host sync per random call), none on JAX or TensorFlow, whose
         # compilers already fuse the per-variable updates.
@@ -323,6 +402,10 @@ class PosteriorOptimizer(keras.optimizers.Optimizer):
                     "optimizer."
                 )
         super().build(var_list)
+        # Saved with the optimizer, so a resumed run keeps the count.
+        self._nonfinite_steps = self.add_variable(
+            shape=(), dtype="int32", initializer="zeros",
+            name="nonfinite_steps", aggregation="only_first_replica")
         self._state = {}
         for name in self.state_names:
             self._state[name] = [
@@ -435,12 +518,11 @@ class PosteriorOptimizer(keras.optimizers.Optimizer):
     def _before_first_update(self):
         """True until the first posterior update has been applied.
 
-        With `gradient_accumulation_steps` = k the first update happens at
-        iteration k − 1; before it the model's variables still hold their
-        initial values, which are the mean.
+        Until then the model's variables still hold their initial values,
+        which are the mean. `iterations` counts updates, not micro-batches,
+        when `gradient_accumulation_steps` is set.
         """
-        steps = self.gradient_accumulation_steps or 1
-        return ops.less(self.iterations, steps)
+        return ops.equal(self.iterations, 0)
 
     # ------------------------------------------------------------------
     # The update.
@@ -474,6 +556,22 @@ class PosteriorOptimizer(keras.optimizers.Optimizer):
         )
         return state
 
+    def _training_noise(self, shape, dtype, seed=None):
+        """Unit base noise of the next training sample (Gaussian here)."""
+        return keras.random.normal(
+            shape, dtype=dtype,
+            seed=self._seed_generator if seed is None else seed)
+
+    def _keep_if_finite(self, new_state, new_sample, state, sample):
+        """The old state and sample instead of the new ones after a step
+        whose gradients were not all finite."""
+        finite = self._gradients_finite
+        if finite is None:
+            return new_state, new_sample
+        kept = {name: ops.where(finite, value, state[name])
+                for name, value in new_state.items()}
+        return kept, ops.where(finite, new_sample, sample)
+
     def update_step(self, gradient, variable, learning_rate):
         index = self._get_variable_index(variable)
         dtype = variable.dtype
@@ -482,26 +580,44 @@ class PosteriorOptimizer(keras.optimizers.Optimizer):
         learning_rate = ops.cast(learning_rate, dtype)
         state = self._read_state(index, sample)
         weight_decay, center = self._prior_terms(index, variable)
-        new_state, std = centred_update(
+        new_state, noise_scale = centred_update(
             self._posterior_update, center, gradient, sample, state,
             learning_rate, weight_decay,
         )
+        new_sample = new_state["mean"] + noise_scale * self._training_noise(
+            tuple(variable.shape), dtype)
+        new_state, new_sample = self._keep_if_finite(
+            new_state, new_sample, state, sample)
         for name, value in new_state.items():
             self.assign(self._state[name][index], value)
-        noise = keras.random.normal(
-            tuple(variable.shape), dtype=dtype, seed=self._seed_generator
-        )
-        self.assign(variable, new_state["mean"] + std * noise)
+        self.assign(variable, new_sample)
 
     def _backend_update_step(self, grads, trainable_variables, learning_rate):
         self._pin_mean_of_skipped(trainable_variables)
-        if self._fuse and _single_device():
-            return self._fused_update_step(
-                grads, trainable_variables, learning_rate
-            )
-        return super()._backend_update_step(
-            grads, trainable_variables, learning_rate
-        )
+        finite = _agree_across_replicas(all_finite(grads))
+        self._nonfinite_steps.assign_add(
+            ops.cast(ops.logical_not(finite), "int32"))
+        self._gradients_finite = finite
+        try:
+            if self._fuse and _single_device():
+                self._fused_update_step(
+                    grads, trainable_variables, learning_rate)
+            else:
+                super()._backend_update_step(
+                    grads, trainable_variables, learning_rate)
+        finally:
+            self._gradients_finite = None
+        if self.nonfinite_gradients == "raise":
+            _raise_unless(finite, (
+                f"{type(self).__name__}: a gradient holds NaN or Inf; the "
+                "step was skipped and the posterior is unchanged "
+                "(nonfinite_gradients='raise')."))
+
+    @property
+    def nonfinite_steps(self):
+        """How many updates were skipped for a NaN or Inf gradient."""
+        self._check_built()
+        return int(ops.convert_to_numpy(self._nonfinite_steps))
 
     def _pin_mean_of_skipped(self, updated):
         """Give variables without a gradient (Keras drops `None` gradients)
@@ -549,15 +665,16 @@ class PosteriorOptimizer(keras.optimizers.Optimizer):
                     [self._prior_slots["precision"][i] for i in indices])
                 center = _flatten(
                     [self._prior_slots["mean"][i] for i in indices])
-            new_state, std = centred_update(
+            new_state, noise_scale = centred_update(
                 self._posterior_update, center, gradient, sample, state,
                 ops.cast(learning_rate, dtype), weight_decay,
             )
-            noise = keras.random.normal(
-                (sum(_size(v) for v in targets),), dtype=dtype,
-                seed=self._seed_generator,
-            )
-            self._assign_flat(targets, new_state["mean"] + std * noise)
+            noise = self._training_noise(
+                (sum(_size(v) for v in targets),), dtype)
+            new_state, new_sample = self._keep_if_finite(
+                new_state, new_state["mean"] + noise_scale * noise, state,
+                sample)
+            self._assign_flat(targets, new_sample)
             for name, value in new_state.items():
                 self._assign_flat([self._state[name][i] for i in indices],
                                   value)
@@ -748,6 +865,7 @@ class PosteriorOptimizer(keras.optimizers.Optimizer):
                 # Structure only: the values are optimizer variables.
                 "prior": None if self.prior is None else self.prior.spec(),
                 "prior_strength": self.prior_strength,
+                "nonfinite_gradients": self.nonfinite_gradients,
             }
         )
         return config

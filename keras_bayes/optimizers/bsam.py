@@ -198,6 +198,9 @@ class BSAM(TwoPassOptimizer, base.PosteriorOptimizer):
     def combine_passes(self, records, unscale, trainable_variables):
         """Stores a = mean_j sqrt(s)·|g1_j|; returns mean_j g2_j."""
         first_grads = [unscale(r["grads"]) for r in records]
+        # A bad first gradient skips the whole step (the second-pass
+        # gradient is then bad too): keep the old statistic as well.
+        finite = ops.all(ops.stack([base.all_finite(g) for g in first_grads]))
         for index_in_list, variable in enumerate(trainable_variables):
             index = self._get_variable_index(variable)
             precision = ops.convert_to_tensor(
@@ -212,8 +215,10 @@ class BSAM(TwoPassOptimizer, base.PosteriorOptimizer):
                 total = term if total is None else total + term
             if total is None:
                 total = ops.zeros(tuple(variable.shape), variable.dtype)
-            self.assign(self._state["curvature"][index],
-                        total / float(len(records)))
+            slot = self._state["curvature"][index]
+            self.assign(slot, ops.where(
+                finite, total / float(len(records)),
+                ops.convert_to_tensor(slot)))
         return base.mean_gradients([r["second_grads"] for r in records])
 
     def _posterior_std(self, state, weight_decay):

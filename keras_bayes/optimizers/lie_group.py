@@ -184,21 +184,17 @@ class _LieGroupOptimizer(base.PosteriorOptimizer):
         self.noise = noise
         self.noise_scale = noise_scale
         self.mc_samples = mc_samples
-        # The centre of a `prior=` Posterior while a step is traced.
-        self._prior_center = None
 
-    def _prior(self, index, variable):
-        """(δ, centre or None) of the prior of a variable.
-
-        `PosteriorOptimizer._prior_terms` gives a per-weight δ and centre
-        when the optimizer was given `prior=`; otherwise δ = weight_decay.
-        """
-        return self._prior_terms(index, variable)
+    def _training_noise(self, shape, dtype, seed=None):
+        # The rule's own family; the base class scales it by the multiplier
+        # `_posterior_update` returns and adds the mean.
+        return noise_lib.draw_noise(
+            self.noise, shape, dtype,
+            self._seed_generator if seed is None else seed)
 
     def _draw(self, variable, seed=None):
-        return noise_lib.draw_noise(
-            self.noise, tuple(variable.shape), variable.dtype,
-            self._seed_generator if seed is None else seed)
+        return self._training_noise(tuple(variable.shape), variable.dtype,
+                                    seed)
 
     def _noise_multiplier(self, state):
         raise NotImplementedError
@@ -216,24 +212,6 @@ class _LieGroupOptimizer(base.PosteriorOptimizer):
             for (mean, std), variable in zip(mean_and_std,
                                              self._trainable_variables)
         ]
-
-    def update_step(self, gradient, variable, learning_rate):
-        index = self._get_variable_index(variable)
-        dtype = variable.dtype
-        sample = ops.convert_to_tensor(variable)
-        gradient = ops.cast(gradient, dtype)
-        learning_rate = ops.cast(learning_rate, dtype)
-        state = self._read_state(index, sample)
-        weight_decay, self._prior_center = self._prior(index, variable)
-        try:
-            new_state, multiplier = self._posterior_update(
-                gradient, sample, state, learning_rate, weight_decay)
-        finally:
-            self._prior_center = None
-        for name, value in new_state.items():
-            self.assign(self._state[name][index], value)
-        self.assign(variable,
-                    new_state["mean"] + multiplier * self._draw(variable))
 
     def get_config(self):
         config = super().get_config()
@@ -310,8 +288,7 @@ class LieAdditive(_LieGroupOptimizer):
 
     def _posterior_update(self, gradient, sample, state, learning_rate,
                           weight_decay):
-        gradient = prior_gradient(gradient, sample, weight_decay,
-                                  self._prior_center)
+        gradient = prior_gradient(gradient, sample, weight_decay)
         momentum = exponential_average(state["momentum"], gradient,
                                        self.beta1)
         mean = additive_location_step(state["mean"], momentum,
@@ -431,8 +408,7 @@ class LieAffine(_LieGroupOptimizer):
     def _posterior_update(self, gradient, sample, state, learning_rate,
                           weight_decay):
         mean, scale = state["mean"], state["scale"]
-        gradient = prior_gradient(gradient, sample, weight_decay,
-                                  self._prior_center)
+        gradient = prior_gradient(gradient, sample, weight_decay)
         perturbation = sample - mean
         scale_momentum = exponential_average(
             state["scale_momentum"],
@@ -549,6 +525,10 @@ class LieMultiplicative(_LieGroupOptimizer):
         self.beta1 = beta1
         self.temperature = temperature
         self.init_offset = init_offset
+        # The centre of a `prior=` Posterior while a step is traced: this
+        # rule is not shift-equivariant (its parts are positive), so the
+        # base's `centred_update` cannot place the prior for it.
+        self._prior_center = None
 
     @property
     def tau(self):
@@ -618,15 +598,14 @@ class LieMultiplicative(_LieGroupOptimizer):
         index = self._get_variable_index(variable)
         dtype = variable.dtype
         sample = ops.convert_to_tensor(variable)
-        state = {name: ops.convert_to_tensor(slots[index])
-                 for name, slots in self._state.items()}
+        state = self._read_state(index, sample)
         # Before the first step g± follow the variable, so weights loaded
         # after `build` count.
         first = self._before_first_update()
         positive, negative = self._initial_scales(sample)
         state["positive"] = ops.where(first, positive, state["positive"])
         state["negative"] = ops.where(first, negative, state["negative"])
-        weight_decay, self._prior_center = self._prior(index, variable)
+        weight_decay, self._prior_center = self._prior_terms(index, variable)
         try:
             new_state, _ = self._posterior_update(
                 ops.cast(gradient, dtype), sample, state,
@@ -637,9 +616,11 @@ class LieMultiplicative(_LieGroupOptimizer):
                                                    self._seed_generator)
         new_state["positive_part"] = positive_part
         new_state["negative_part"] = negative_part
+        new_state, new_sample = self._keep_if_finite(
+            new_state, positive_part - negative_part, state, sample)
         for name, value in new_state.items():
             self.assign(self._state[name][index], value)
-        self.assign(variable, positive_part - negative_part)
+        self.assign(variable, new_sample)
 
     def _sample_tensors(self, mean_and_std, seed):
         seed = _generator(seed)

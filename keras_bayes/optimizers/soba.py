@@ -228,6 +228,9 @@ class SOBA(base.PassStepContext, base.PosteriorOptimizer):
     def combine_passes(self, records, unscale, trainable_variables):
         """Writes the samples' curvature statistic; returns the mean g."""
         first = self._before_first_update()
+        # A bad gradient skips the whole step: keep the old statistic too.
+        finite = ops.all(ops.stack(
+            [base.all_finite(unscale(r["grads"])) for r in records]))
         for position, variable in enumerate(trainable_variables):
             index = self._get_variable_index(variable)
             sample = ops.convert_to_tensor(variable)
@@ -251,8 +254,10 @@ class SOBA(base.PassStepContext, base.PosteriorOptimizer):
                 total = total + perturbation * gradient
                 count = count + ops.cast(
                     ops.not_equal(perturbation, 0.0), variable.dtype)
-            self.assign(self._state["sample_statistic"][index],
-                        total / ops.maximum(count, 1.0))
+            slot = self._state["sample_statistic"][index]
+            self.assign(slot, ops.where(
+                finite, total / ops.maximum(count, 1.0),
+                ops.convert_to_tensor(slot)))
         return base.mean_gradients([r["grads"] for r in records])
 
     def _state_initializer(self, name, variable):
