@@ -254,10 +254,14 @@ class VOGN(base.PosteriorOptimizer):
                      is not None else list(self._trainable_variables))
         if not self.built:
             self.build(variables)
+        # A bad gradient skips the step (`nonfinite_gradients`); the old ĥ
+        # is kept too, so a skipped step leaves no NaN in the state.
+        finite = base.all_finite(squared_gradients)
         for value, variable in zip(squared_gradients, variables):
             index = self._get_variable_index(variable)
             slot = self._state["squared_gradient"][index]
-            self.assign(slot, ops.cast(value, slot.dtype))
+            self.assign(slot, ops.where(finite, ops.cast(value, slot.dtype),
+                                        ops.convert_to_tensor(slot)))
 
     def apply(self, grads, trainable_variables=None):
         if not self._per_example_active:
