@@ -87,6 +87,8 @@ import keras
 from keras import ops
 from keras import tree
 
+from keras_bayes.training import WrapperModel
+
 BATCH_NORM_CHOICES = ("frozen", "error")
 
 
@@ -430,7 +432,7 @@ VOGN_MODEL_BATCH_NORM_CHOICES = ("deterministic", "error")
 
 
 @keras.saving.register_keras_serializable(package="keras_bayes")
-class VOGNModel(keras.Model):
+class VOGNModel(WrapperModel):
     """A model whose training step hands VOGN per-example curvature.
 
     Each step: (1) the ordinary forward pass on the batch for the loss,
@@ -456,33 +458,16 @@ class VOGNModel(keras.Model):
         **kwargs: passed to `keras.Model` (e.g. `name`).
     """
 
+    wrapper_arguments = ("batch_norm",)
+
     def __init__(self, inner, batch_norm="deterministic", **kwargs):
         if batch_norm not in VOGN_MODEL_BATCH_NORM_CHOICES:
             raise ValueError(
                 "`batch_norm` must be one of "
                 f"{list(VOGN_MODEL_BATCH_NORM_CHOICES)}. Received: "
                 f"batch_norm={batch_norm!r}")
-        super().__init__(**kwargs)
-        self.inner = inner
+        super().__init__(inner, **kwargs)
         self.batch_norm = batch_norm
-        if getattr(inner, "built", False):
-            self.built = True
-
-    def call(self, inputs, training=None):
-        return self.inner(inputs, training=training)
-
-    def get_config(self):
-        config = super().get_config()
-        config["inner"] = keras.saving.serialize_keras_object(self.inner)
-        config["batch_norm"] = self.batch_norm
-        return config
-
-    @classmethod
-    def from_config(cls, config, custom_objects=None):
-        config = dict(config)
-        inner = keras.saving.deserialize_keras_object(
-            config.pop("inner"), custom_objects=custom_objects)
-        return cls(inner, **config)
 
     def _coupled_layers(self):
         layers = batch_coupled_layers(self)

@@ -98,8 +98,45 @@ def _tf_all_reduce_sum(grads):
     return grads
 
 
+class WrapperModel(keras.Model):
+    """A model that trains `inner` with its own `train_step`.
+
+    The plumbing shared by keras_bayes' training wrappers (`TwoPassModel`,
+    `keras_bayes.per_example.VOGNModel`): `call` delegates to the wrapped
+    model, and the config holds it, so saving the wrapper saves the wrapped
+    model, the optimizer and its state. A subclass lists its own
+    constructor arguments in `wrapper_arguments` (stored as attributes of
+    the same names) and overrides `train_step`.
+    """
+
+    wrapper_arguments = ()
+
+    def __init__(self, inner, **kwargs):
+        super().__init__(**kwargs)
+        self.inner = inner
+        if getattr(inner, "built", False):
+            self.built = True
+
+    def call(self, inputs, training=None):
+        return self.inner(inputs, training=training)
+
+    def get_config(self):
+        config = super().get_config()
+        config["inner"] = keras.saving.serialize_keras_object(self.inner)
+        for name in self.wrapper_arguments:
+            config[name] = getattr(self, name)
+        return config
+
+    @classmethod
+    def from_config(cls, config, custom_objects=None):
+        config = dict(config)
+        inner = keras.saving.deserialize_keras_object(
+            config.pop("inner"), custom_objects=custom_objects)
+        return cls(inner, **config)
+
+
 @keras.saving.register_keras_serializable(package="keras_bayes")
-class TwoPassModel(keras.Model):
+class TwoPassModel(WrapperModel):
     """A model whose training step takes two gradients on the same batch.
 
     ```
@@ -127,31 +164,12 @@ class TwoPassModel(keras.Model):
         **kwargs: passed to `keras.Model` (e.g. `name`).
     """
 
+    wrapper_arguments = ("bn_update",)
+
     def __init__(self, inner, bn_update="first", **kwargs):
         check_choice("bn_update", bn_update, BN_UPDATE_CHOICES)
-        super().__init__(**kwargs)
-        self.inner = inner
+        super().__init__(inner, **kwargs)
         self.bn_update = bn_update
-        if getattr(inner, "built", False):
-            self.built = True
-
-    def call(self, inputs, training=None):
-        return self.inner(inputs, training=training)
-
-    def get_config(self):
-        config = super().get_config()
-        config.update({
-            "inner": keras.saving.serialize_keras_object(self.inner),
-            "bn_update": self.bn_update,
-        })
-        return config
-
-    @classmethod
-    def from_config(cls, config, custom_objects=None):
-        config = dict(config)
-        inner = keras.saving.deserialize_keras_object(
-            config.pop("inner"), custom_objects=custom_objects)
-        return cls(inner, **config)
 
     # ------------------------------------------------------------------
     # The training step.
