@@ -6,6 +6,7 @@
 
 from keras_bayes import callbacks
 from keras_bayes import continual
+from keras_bayes import distributed
 from keras_bayes import layers
 from keras_bayes import metrics
 from keras_bayes import models
@@ -22,6 +23,7 @@ __all__ = [
     "TwoPassModel",
     "callbacks",
     "continual",
+    "distributed",
     "layers",
     "metrics",
     "models",
