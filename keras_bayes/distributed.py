@@ -56,6 +56,8 @@ import keras
 import numpy as np
 from keras import tree
 
+from keras_bayes.training import torch_loss_backward
+
 
 def _torch_distributed():
     if keras.backend.backend() != "torch":
@@ -209,16 +211,9 @@ def train_step(model, x, y=None, sample_weight=None, group=None):
 
     # Keras' TorchTrainer.train_step with the all-reduce inserted between
     # backward and apply.
-    call_kwargs = {"training": True} if model._call_has_training_arg else {}
-    y_pred = model(x, **call_kwargs)
-    model.zero_grad()
-    loss = model._compute_loss(x=x, y=y, y_pred=y_pred,
-                               sample_weight=sample_weight, training=True)
-    model._loss_tracker.update_state(loss, sample_weight=_batch_size(x))
-    loss = model.optimizer.scale_loss(loss)
+    y_pred, grads = torch_loss_backward(model, x, y, sample_weight)
     variables = model.trainable_variables
-    loss.backward()
-    grads = reducer([v.value.grad for v in variables])
+    grads = reducer(grads)
     with torch.no_grad():
         model.optimizer.apply(grads, variables)
     return model.compute_metrics(x, y, y_pred, sample_weight=sample_weight)

@@ -98,6 +98,23 @@ def _tf_all_reduce_sum(grads):
     return grads
 
 
+def torch_loss_backward(model, x, y, sample_weight):
+    """The first half of Keras' torch `train_step`: forward, compiled loss
+    (tracked), scaled backward. Returns (y_pred, gradients).
+
+    Private API (Keras 3.15): `_call_has_training_arg`, `_compute_loss`,
+    `_loss_tracker`.
+    """
+    call_kwargs = {"training": True} if model._call_has_training_arg else {}
+    y_pred = model(x, **call_kwargs)
+    model.zero_grad()
+    loss = model._compute_loss(x=x, y=y, y_pred=y_pred,
+                               sample_weight=sample_weight, training=True)
+    model._loss_tracker.update_state(loss, sample_weight=_batch_size(x))
+    model.optimizer.scale_loss(loss).backward()
+    return y_pred, [v.value.grad for v in model.trainable_variables]
+
+
 class WrapperModel(keras.Model):
     """A model that trains `inner` with its own `train_step`.
 
@@ -438,15 +455,8 @@ class TwoPassModel(WrapperModel):
         non_trainable_before = [
             v.value.detach().clone() for v in self.non_trainable_variables
         ]
-        y_pred = self(x0, **self._call_kwargs())
-        self.zero_grad()
-        loss = self._compute_loss(x=x0, y=y0, y_pred=y_pred,
-                                  sample_weight=w0, training=True)
-        self._loss_tracker.update_state(loss, sample_weight=_batch_size(x0))
-        loss = self.optimizer.scale_loss(loss)
+        y_pred, grads = torch_loss_backward(self, x0, y0, w0)
         variables = self.trainable_variables
-        loss.backward()
-        grads = [v.value.grad for v in variables]
         metrics = [v.value.detach().clone() for v in self.metrics_variables]
         reduce = self._torch_gradient_reducer()
         if reduce is not None:
