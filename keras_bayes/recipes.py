@@ -34,39 +34,6 @@ GPT2_SOBA_LEARNING_RATE = 300.0
 GPT2_WARMUP_FRACTION = 2000 / 100_000
 
 
-@keras.saving.register_keras_serializable(package="keras_bayes")
-class SOBAWithDecayExclusions(SOBA):
-    """`SOBA` whose weight-decay exclusions are part of its config.
-
-    `exclude_from_weight_decay(var_names=...)` of a Keras optimizer is not
-    saved by `get_config`, so an optimizer rebuilt from a config (or loaded
-    from a `.keras` file) would silently give the excluded variables the
-    prior δ again. This subclass takes the names as an argument, applies
-    them at construction and returns them in its config. Otherwise it is
-    `keras_bayes.optimizers.SOBA` (and an instance of it).
-
-    Args:
-        *args: as for `SOBA`.
-        no_decay_names: iterable of str, regular expressions searched in
-            each variable's name (Keras' rule for `var_names`); matching
-            variables get δ = 0 (a flat prior). Defaults to none.
-        **kwargs: as for `SOBA`.
-    """
-
-    def __init__(self, *args, no_decay_names=(), **kwargs):
-        super().__init__(*args, **kwargs)
-        names = [no_decay_names] if isinstance(no_decay_names, str) else (
-            no_decay_names or ())
-        self.no_decay_names = tuple(str(n) for n in names)
-        if self.no_decay_names:
-            self.exclude_from_weight_decay(var_names=list(self.no_decay_names))
-
-    def get_config(self):
-        config = super().get_config()
-        config["no_decay_names"] = list(self.no_decay_names)
-        return config
-
-
 def warmup_cosine_schedule(peak_learning_rate, total_steps, warmup_steps):
     """Linear warmup from 0 to the peak, then cosine decay to 0.
 
@@ -173,14 +140,14 @@ def soba_gpt2_recipe(train_tokens, total_steps, learning_rate=1500.0,
         **kwargs: further `SOBA` arguments (`name`, `fused_update`, ...).
 
     Returns:
-        A `SOBAWithDecayExclusions` (a `keras_bayes.optimizers.SOBA`) whose
-        config records the exclusions.
+        A `keras_bayes.optimizers.SOBA`; its config records the
+        exclusions (`no_decay_names`).
     """
     total_steps = check_positive_integer("total_steps", total_steps)
     schedule = warmup_cosine_schedule(
         learning_rate, total_steps,
         _default_warmup(total_steps, warmup_steps))
-    return SOBAWithDecayExclusions(
+    return SOBA(
         learning_rate=schedule,
         ess=train_tokens,
         hess_init=hess_init,
@@ -236,7 +203,6 @@ def adamw_gpt2_recipe(total_steps, learning_rate=3e-3, warmup_steps=None,
 
 __all__ = [
     "GPT2_NO_DECAY_NAMES",
-    "SOBAWithDecayExclusions",
     "adamw_gpt2_recipe",
     "soba_gpt2_recipe",
     "warmup_cosine_schedule",

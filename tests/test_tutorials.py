@@ -15,6 +15,10 @@ TUTORIALS = sorted(glob.glob(os.path.join(ROOT, "tutorials", "*.py")))
 # Backend-independent notebooks run once: 04 starts one process per backend
 # itself.
 ONCE = {"04_switching_backends.py"}
+# The two slowest notebooks (1-2 min each on JAX's CPU compile) skip JAX,
+# whose suite is the longest; every optimizer they use is trained on JAX by
+# the unit tests (test_lie_group, test_continual).
+NOT_ON_JAX = {"03_choosing_the_noise.py", "06_continual_learning.py"}
 
 
 @pytest.mark.parametrize("path", TUTORIALS, ids=os.path.basename)
@@ -23,6 +27,9 @@ def test_tutorial_runs(path):
             and keras.backend.backend() != "tensorflow"):
         pytest.skip("runs every backend itself; executed once, under "
                     "KERAS_BACKEND=tensorflow")
+    if (os.path.basename(path) in NOT_ON_JAX
+            and keras.backend.backend() == "jax"):
+        pytest.skip("slow on JAX; runs under TensorFlow and torch")
     env = {**os.environ, "KERAS_BAYES_FAST": "1",
            "KERAS_BACKEND": keras.backend.backend()}
     result = subprocess.run([sys.executable, path], cwd=ROOT, env=env,

@@ -312,6 +312,9 @@ class PosteriorOptimizer(keras.optimizers.Optimizer):
         prior_strength: float > 0, τ, the tempering factor of the prior's
             precision. 1 (the default) is exact sequential Bayesian
             updating; below 1 the old tasks weigh less.
+        no_decay_names: regular expressions searched in variable names
+            (Keras' `exclude_from_weight_decay(var_names=...)`); matching
+            variables get δ = 0. Unlike Keras, kept in the config.
         nonfinite_gradients: `"skip"` (the default) or `"raise"`. What a
             step does when any gradient holds a NaN or an infinity. Either
             way the update is not applied: the posterior state and the
@@ -331,7 +334,8 @@ class PosteriorOptimizer(keras.optimizers.Optimizer):
 
     def __init__(self, learning_rate, weight_decay=0.0, seed=None,
                  fused_update=None, prior=None, prior_strength=1.0,
-                 nonfinite_gradients="skip", name=None, **kwargs):
+                 nonfinite_gradients="skip", no_decay_names=None, name=None,
+                 **kwargs):
         if kwargs.get("use_ema"):
             raise ValueError(
                 f"`use_ema=True` is not supported by {type(self).__name__}: "
@@ -384,6 +388,19 @@ class PosteriorOptimizer(keras.optimizers.Optimizer):
         )
         self._track_variable(self._seed_generator.state)
         self._prediction_seed_generator = None
+        self.no_decay_names = ()
+        if no_decay_names:
+            self.exclude_from_weight_decay(var_names=no_decay_names)
+
+    def exclude_from_weight_decay(self, var_list=None, var_names=None):
+        """Keras' method; the `var_names` are also kept in the config, so an
+        optimizer rebuilt from it (or loaded from `.keras`) does not give
+        the excluded variables the prior δ again."""
+        if isinstance(var_names, str):
+            var_names = [var_names]
+        super().exclude_from_weight_decay(var_list=var_list,
+                                          var_names=var_names)
+        self.no_decay_names = tuple(str(n) for n in (var_names or ()))
 
     # ------------------------------------------------------------------
     # Slots.
@@ -866,6 +883,7 @@ class PosteriorOptimizer(keras.optimizers.Optimizer):
                 "prior": None if self.prior is None else self.prior.spec(),
                 "prior_strength": self.prior_strength,
                 "nonfinite_gradients": self.nonfinite_gradients,
+                "no_decay_names": list(self.no_decay_names),
             }
         )
         return config

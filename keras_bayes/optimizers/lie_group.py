@@ -558,10 +558,14 @@ class LieMultiplicative(_LieGroupOptimizer):
                                   self._prior_center)
         # The stored parts belong to the sample only if the variable still
         # holds p − n (not at the first step, nor after the mean was
-        # written back).
+        # written back). Not an exact equality: a compiler may form the
+        # written p − n from unrounded parts (fused multiply-add), one ulp
+        # away from the difference of the stored ones; a written-back mean
+        # is off by the noise itself, orders of magnitude more.
         drawn = ops.logical_and(
             ops.logical_and(positive_part > 0.0, negative_part > 0.0),
-            ops.equal(sample, positive_part - negative_part))
+            ops.abs(sample - (positive_part - negative_part))
+            <= 1e-5 * (positive_part + negative_part))
         grad_positive, grad_negative = multiplicative_algebra_gradients(
             positive_part, negative_part, gradient, self.tau)
         positive_momentum = ops.where(
