@@ -108,7 +108,7 @@ OPTIMIZERS = {
         seed=0,
     ),
     # Per-example gradients: trained through keras_bayes.per_example.VOGNModel
-    # (JAX and TensorFlow; torch.func cannot vmap Keras' channels-last convs).
+    # (every backend; on torch through torch.func.vmap).
     "vogn": lambda: kb_optimizers.VOGN(
         learning_rate=1e-3, ess=TRAIN_SET_SIZE, seed=0,
     ),
