@@ -15,10 +15,11 @@ TUTORIALS = sorted(glob.glob(os.path.join(ROOT, "tutorials", "*.py")))
 # Backend-independent notebooks run once: 04 starts one process per backend
 # itself.
 ONCE = {"04_switching_backends.py"}
-# The two slowest notebooks (1-2 min each on JAX's CPU compile) skip JAX,
-# whose suite is the longest; every optimizer they use is trained on JAX by
-# the unit tests (test_lie_group, test_continual).
-NOT_ON_JAX = {"03_choosing_the_noise.py", "06_continual_learning.py"}
+# The slowest notebooks (0.5-2 min each with JAX's CPU compiles) skip JAX,
+# whose suite is the longest; what they run is trained on JAX by the unit
+# tests (test_lie_group, test_continual, test_bench).
+NOT_ON_JAX = {"03_choosing_the_noise.py", "05_cifar10_in_practice.py",
+              "06_continual_learning.py"}
 
 
 @pytest.mark.parametrize("path", TUTORIALS, ids=os.path.basename)
