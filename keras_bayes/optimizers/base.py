@@ -121,8 +121,12 @@ NONFINITE_CHOICES = ("skip", "raise")
 
 
 def all_finite(grads):
-    """A boolean scalar: every entry of every (non-None) gradient is finite."""
-    checks = [ops.all(ops.isfinite(g)) for g in grads if g is not None]
+    """A boolean scalar: every entry of every (non-None) gradient is finite.
+
+    `grads` may be nested (e.g. one gradient list per pass of a step).
+    """
+    checks = [ops.all(ops.isfinite(g)) for g in keras.tree.flatten(grads)
+              if g is not None]
     if not checks:
         return ops.convert_to_tensor(True)
     return ops.all(ops.stack(checks))

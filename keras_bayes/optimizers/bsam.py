@@ -200,7 +200,7 @@ class BSAM(TwoPassOptimizer, base.PosteriorOptimizer):
         first_grads = [unscale(r["grads"]) for r in records]
         # A bad first gradient skips the whole step (the second-pass
         # gradient is then bad too): keep the old statistic as well.
-        finite = ops.all(ops.stack([base.all_finite(g) for g in first_grads]))
+        finite = base.all_finite(first_grads)
         for index_in_list, variable in enumerate(trainable_variables):
             index = self._get_variable_index(variable)
             precision = ops.convert_to_tensor(

@@ -229,8 +229,8 @@ class SOBA(base.PassStepContext, base.PosteriorOptimizer):
         """Writes the samples' curvature statistic; returns the mean g."""
         first = self._before_first_update()
         # A bad gradient skips the whole step: keep the old statistic too.
-        finite = ops.all(ops.stack(
-            [base.all_finite(unscale(r["grads"])) for r in records]))
+        # (Unscaling by a finite scale cannot change finiteness.)
+        finite = base.all_finite([r["grads"] for r in records])
         for position, variable in enumerate(trainable_variables):
             index = self._get_variable_index(variable)
             sample = ops.convert_to_tensor(variable)
