@@ -1,0 +1,189 @@
+"""Every private Keras name keras_bayes touches, in one place.
+
+Keras' public API does not expose what a custom training step or an
+optimizer that keeps a posterior needs (the compiled loss, the loss tracker,
+an optimizer's slot index, ...). Each private touch goes through a function
+of this module, so that:
+
+- a Keras release that renames or removes one breaks here, in one module,
+  and `tests/test_keras_compat.py` names the missing piece with a clear
+  message (see `check_private_api`);
+- the rest of the package reads as public API plus calls to named helpers.
+
+The supported Keras range is declared in `pyproject.toml`; every name below
+is present with the documented behaviour from `MINIMUM_KERAS_VERSION` on.
+"""
+
+import keras
+
+# The oldest Keras release the CI subset runs against (see pyproject.toml).
+MINIMUM_KERAS_VERSION = "3.15.0"
+
+# -- Optimizers ----------------------------------------------------------
+# Private methods a `keras.optimizers.Optimizer` subclass overrides or calls.
+# `_backend_update_step(grads, trainable_variables, learning_rate)`: the
+# hook that runs after gradient clipping and accumulation, before the
+# per-variable `update_step`s (posterior optimizers check the gradients for
+# NaN/Inf there and may update all variables in one fused pass).
+# `_apply_weight_decay(variables)`: Keras' decoupled decay, which a posterior
+# optimizer disables (its δ is a prior precision inside the update).
+OPTIMIZER_HOOKS = ("_backend_update_step", "_apply_weight_decay")
+
+
+def track_variable(optimizer, variable):
+    """Make `variable` an optimizer variable (saved, threaded through JAX's
+    stateless apply). `BaseOptimizer._track_variable`."""
+    optimizer._track_variable(variable)
+
+
+def variable_index(optimizer, variable):
+    """The slot index of `variable`. `BaseOptimizer._get_variable_index`."""
+    return optimizer._get_variable_index(variable)
+
+
+def variable_key(optimizer, variable):
+    """A hashable key of `variable`. `BaseOptimizer._var_key`."""
+    return optimizer._var_key(variable)
+
+
+def uses_weight_decay(optimizer, variable):
+    """False for variables excluded by `exclude_from_weight_decay`.
+    `BaseOptimizer._use_weight_decay`."""
+    return optimizer._use_weight_decay(variable)
+
+
+def optimizer_variables_built_for(optimizer):
+    """The trainable variables the optimizer was built on, in build order.
+    `BaseOptimizer._trainable_variables`."""
+    return list(optimizer._trainable_variables)
+
+
+# -- Trainers and layers -----------------------------------------------------
+
+
+def call_has_training_arg(layer):
+    """Whether `layer.call` takes `training`. `Layer._call_has_training_arg`."""
+    return bool(layer._call_has_training_arg)
+
+
+def training_call_kwargs(layer):
+    """`{"training": True}` when `layer.call` takes `training`, else `{}`."""
+    return {"training": True} if call_has_training_arg(layer) else {}
+
+
+def compute_compiled_loss(model, x, y, y_pred, sample_weight, training=True):
+    """The compiled loss plus layer losses. `Trainer._compute_loss`."""
+    return model._compute_loss(x=x, y=y, y_pred=y_pred,
+                               sample_weight=sample_weight, training=training)
+
+
+def loss_tracker(model):
+    """The `Mean` metric behind the logged `loss`. `Trainer._loss_tracker`."""
+    return model._loss_tracker
+
+
+def update_jax_metrics_variables(model, metrics_variables, unscaled_loss, x, y,
+                                 y_pred, sample_weight):
+    """(logs, metrics_variables) after a stateless JAX step.
+    `JAXTrainer._update_metrics_variables`."""
+    return model._update_metrics_variables(
+        metrics_variables, unscaled_loss, x, y, y_pred, sample_weight)
+
+
+def set_losses_override(layer, losses):
+    """Make `layer.losses` return `losses` (a stateless call's layer losses)
+    until `clear_losses_override`. `Layer._losses_override`, as
+    `JAXTrainer.compute_loss_and_updates` does."""
+    layer._losses_override.clear()
+    layer._losses_override = losses
+
+
+def clear_losses_override(layer):
+    layer._losses_override.clear()
+
+
+def symbolic_build(model, data_batch):
+    """Build model, metrics and optimizer as `fit` does before its loop.
+    `Trainer._symbolic_build`."""
+    model._symbolic_build(data_batch=data_batch)
+
+
+def flatten_layers(model, include_self=False):
+    """Every sublayer, recursively. `Layer._flatten_layers`."""
+    return list(model._flatten_layers(include_self=include_self))
+
+
+def batch_norm_moments(layer):
+    """The bound `BatchNormalization._moments(inputs, mask) -> (mean, var)`
+    that `call` uses in training mode."""
+    return layer._moments
+
+
+def shadow_batch_norm_moments(layer, moments):
+    """Shadow `_moments` on this layer *instance* (never on the class).
+    Returns a token for `restore_batch_norm_moments`."""
+    missing = object()
+    previous = vars(layer).get("_moments", missing)
+    vars(layer)["_moments"] = moments
+    return previous, missing
+
+
+def restore_batch_norm_moments(layer, token):
+    previous, missing = token
+    if previous is missing:
+        vars(layer).pop("_moments", None)
+    else:
+        vars(layer)["_moments"] = previous
+
+
+def unscale_loss_for_distribution(loss):
+    """Undo the 1/replicas scaling of a loss under tf.distribute, for the
+    logged value. `keras.src.losses.loss.unscale_loss_for_distribution`."""
+    from keras.src.losses import loss as loss_module
+
+    return loss_module.unscale_loss_for_distribution(loss)
+
+
+def jax_state_detached(variable):
+    """True while the JAX trainer holds a variable's value outside it (its
+    `_value` is None), e.g. when a traced step failed. `Variable._value`."""
+    return getattr(variable, "_value", 0) is None
+
+
+# -- The check the test suite runs --------------------------------------------
+
+
+def check_private_api():
+    """Raise `RuntimeError` naming each private Keras piece that is missing.
+
+    Run by `tests/test_keras_compat.py`; a Keras upgrade that breaks one of
+    them fails there with this message before anything else does.
+    """
+    missing = []
+    optimizer_class = keras.optimizers.Optimizer
+    for name in OPTIMIZER_HOOKS + ("_track_variable", "_get_variable_index",
+                                   "_var_key", "_use_weight_decay"):
+        if not callable(getattr(optimizer_class, name, None)):
+            missing.append(f"keras.optimizers.Optimizer.{name}")
+    model_class = keras.Model
+    for name in ("_compute_loss", "_symbolic_build", "_flatten_layers"):
+        if not callable(getattr(model_class, name, None)):
+            missing.append(f"keras.Model.{name}")
+    if not callable(getattr(keras.layers.BatchNormalization, "_moments",
+                            None)):
+        missing.append("keras.layers.BatchNormalization._moments")
+    try:
+        from keras.src.losses import loss as loss_module
+
+        if not callable(getattr(loss_module, "unscale_loss_for_distribution",
+                                None)):
+            missing.append(
+                "keras.src.losses.loss.unscale_loss_for_distribution")
+    except ImportError:
+        missing.append("keras.src.losses.loss")
+    if missing:
+        raise RuntimeError(
+            f"Keras {keras.version()} lacks private API that keras_bayes "
+            f"needs (supported from Keras {MINIMUM_KERAS_VERSION}): "
+            + ", ".join(missing)
+            + ". Install a Keras version in the range of pyproject.toml.")
