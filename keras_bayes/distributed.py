@@ -32,7 +32,8 @@ What one step does, on every rank:
 
 Multi-pass steps (`keras_bayes.training.TwoPassModel` with `BSAM`, `SAM`
 or `SOBA(mc_samples > 1)`) average every gradient of the step in the same
-way before the optimizer sees it: bSAM's and SAM's perturbation is built
+way before the optimizer sees it (`TwoPassModel.multi_pass_step(data,
+gradient_reducer=...)`): bSAM's and SAM's perturbation is built
 from the global-batch first-pass gradient, SOBA's curvature statistic from
 the global-batch gradients at shared samples. The result is the
 single-device algorithm on the global batch, as under JAX `DataParallel`
@@ -44,38 +45,25 @@ Replica-identical noise comes from replica-identical state:
 optimizer is built, all its variables (posterior slots, step counter and
 the noise generator's seed state) before the first step. The posterior
 mean is initialised lazily from the model's variables at the first update,
-so it is the broadcast weights. Keras private API used here (Keras 3.15):
-`Trainer._symbolic_build`, `Trainer._compute_loss`,
-`Trainer._loss_tracker`, `Layer._call_has_training_arg`.
+so it is the broadcast weights.
 """
 
-import contextlib
 import warnings
 
 import keras
 import numpy as np
 from keras import tree
 
-from keras_bayes.training import torch_loss_backward
+from keras_bayes import _keras_compat
+from keras_bayes.training import TwoPassModel
+from keras_bayes.training import shared
+from keras_bayes.training._backend import steps
 
 
 def _torch_distributed():
-    if keras.backend.backend() != "torch":
-        raise ValueError(
-            "keras_bayes.distributed drives torch.distributed and needs the "
-            "torch backend. On JAX use `keras.distribution.DataParallel`, "
-            "on TensorFlow `tf.distribute.MirroredStrategy` with `fit` "
-            f"(docs/distributed.md). Backend: {keras.backend.backend()!r}"
-        )
-    import torch.distributed as dist
-
-    if not (dist.is_available() and dist.is_initialized()):
-        raise ValueError(
-            "torch.distributed is not initialised: call "
-            "`torch.distributed.init_process_group(...)` on every process "
-            "first (e.g. under `torchrun`)."
-        )
-    return dist
+    """`torch.distributed` with an initialised process group; a clear
+    error on another backend or without one."""
+    return steps.process_group()
 
 
 def _world(group):
@@ -151,22 +139,9 @@ def _shard_weight(x, group):
     return float(count.item() / total.item())
 
 
-@contextlib.contextmanager
-def _reducing_two_pass_steps(model, reducer):
-    """Let `TwoPassModel`'s torch step all-reduce every gradient."""
-    previous = model.__dict__.get("_gradient_reducer")
-    object.__setattr__(model, "_gradient_reducer", reducer)
-    try:
-        yield
-    finally:
-        object.__setattr__(model, "_gradient_reducer", previous)
-
-
 def _needs_passes(model):
-    from keras_bayes.training import TwoPassModel
-    from keras_bayes.training import _needs_passes
-
-    return isinstance(model, TwoPassModel) and _needs_passes(model.optimizer)
+    return (isinstance(model, TwoPassModel)
+            and shared.multi_pass_plan(model.optimizer) is not None)
 
 
 def train_step(model, x, y=None, sample_weight=None, group=None):
@@ -206,12 +181,14 @@ def train_step(model, x, y=None, sample_weight=None, group=None):
         return _weighted_all_reduce(grads, weight, group)
 
     if _needs_passes(model):
-        with _reducing_two_pass_steps(model, reducer):
-            return model.train_step((x, y, sample_weight))
+        return model.multi_pass_step((x, y, sample_weight),
+                                     gradient_reducer=reducer)
 
     # Keras' TorchTrainer.train_step with the all-reduce inserted between
     # backward and apply.
-    y_pred, grads = torch_loss_backward(model, x, y, sample_weight)
+    from keras_bayes.training.torch import loss_and_gradients
+
+    y_pred, grads = loss_and_gradients(model, x, y, sample_weight)
     variables = model.trainable_variables
     grads = reducer(grads)
     with torch.no_grad():
@@ -322,8 +299,8 @@ def fit_data_parallel(model, x, y=None, sample_weight=None, batch_size=32,
             (x, y, sample_weight))
 
     first = take(np.arange(min(batch_size, size)))
-    # Private API (Keras 3.15): `_symbolic_build`, as `fit` calls it.
-    model._symbolic_build(data_batch=first)
+    # As `fit` does before its loop.
+    _keras_compat.symbolic_build(model, first)
     if not model.optimizer.built:
         model.optimizer.build(model.trainable_variables)
     broadcast_variables(model, group=group)

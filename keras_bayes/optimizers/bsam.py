@@ -4,8 +4,11 @@
 import keras
 from keras import ops
 
+from keras_bayes import _keras_compat
 from keras_bayes.optimizers import base
 from keras_bayes.optimizers.sam import TwoPassOptimizer
+from keras_bayes.training.contract import StepPlan
+from keras_bayes.training.contract import mean_gradients
 
 
 def bsam_perturbation(gradient, precision, rho):
@@ -163,7 +166,7 @@ class BSAM(TwoPassOptimizer, base.PosteriorOptimizer):
         if self.built:
             return
         super().build(var_list)
-        # a = sqrt(s)·|g1|, written by `second_pass_point` and read by the
+        # a = sqrt(s)·|g1|, written by `combine_passes` and read by the
         # update. In `_state` so that both the per-variable and the fused
         # update path read it; never written back by `_posterior_update`.
         self._state["curvature"] = [
@@ -177,6 +180,12 @@ class BSAM(TwoPassOptimizer, base.PosteriorOptimizer):
             return keras.initializers.Constant(self.precision_init)
         return super()._state_initializer(name, variable)
 
+    def step_plan(self):
+        return StepPlan(sub_batches=self.batch_split, second_pass=True)
+
+    # The first passes of sub-batches 1.. are at fresh posterior samples.
+    draw_training_point = base.PosteriorOptimizer.draw_training_point
+
     def second_pass_point(self, gradients, trainable_variables=None):
         """m + ρ·g1/s per variable."""
         grads, variables = self._variables_for_point(gradients,
@@ -184,7 +193,7 @@ class BSAM(TwoPassOptimizer, base.PosteriorOptimizer):
         first = self._before_first_update()
         points = []
         for gradient, variable in zip(grads, variables):
-            index = self._get_variable_index(variable)
+            index = _keras_compat.variable_index(self, variable)
             mean = ops.where(
                 first, ops.convert_to_tensor(variable),
                 ops.convert_to_tensor(self._state["mean"][index]),
@@ -195,14 +204,14 @@ class BSAM(TwoPassOptimizer, base.PosteriorOptimizer):
                 mean + bsam_perturbation(gradient, precision, self.rho))
         return points
 
-    def combine_passes(self, records, unscale, trainable_variables):
+    def combine_passes(self, records, context):
         """Stores a = mean_j sqrt(s)·|g1_j|; returns mean_j g2_j."""
-        first_grads = [unscale(r["grads"]) for r in records]
+        first_grads = [context.unscale(r.grads) for r in records]
         # A bad first gradient skips the whole step (the second-pass
         # gradient is then bad too): keep the old statistic as well.
         finite = base.all_finite(first_grads)
-        for index_in_list, variable in enumerate(trainable_variables):
-            index = self._get_variable_index(variable)
+        for index_in_list, variable in enumerate(context.variables):
+            index = _keras_compat.variable_index(self, variable)
             precision = ops.convert_to_tensor(
                 self._state["precision"][index])
             total = None
@@ -219,7 +228,7 @@ class BSAM(TwoPassOptimizer, base.PosteriorOptimizer):
             self.assign(slot, ops.where(
                 finite, total / float(len(records)),
                 ops.convert_to_tensor(slot)))
-        return base.mean_gradients([r["second_grads"] for r in records])
+        return mean_gradients([r.second_grads for r in records])
 
     def _posterior_std(self, state, weight_decay):
         return bsam_posterior_std(state["precision"], self.ess)

@@ -1,27 +1,31 @@
-"""SAM and the two-pass optimizer protocol shared with bSAM.
+"""SAM and `TwoPassOptimizer`, the base of the two-pass optimizers (SAM, bSAM).
 
 Sharpness-aware methods need two gradients of the loss on the same
 minibatch: one at the current weights and one at a perturbed point that
 depends on the first. A Keras optimizer only ever receives gradients, never
 the data, so the second gradient is taken by a training step:
-`keras_bayes.training.TwoPassModel`. The optimizer's side of that protocol is
-`TwoPassOptimizer`:
+`keras_bayes.training.TwoPassModel`. `TwoPassOptimizer` is a
+`keras_bayes.training.contract.MultiPassOptimizer` whose plan has a second
+pass:
 
 1. pass 1: g1 = ∇ℓ̄(w) at the model's variables;
 2. `point = optimizer.second_pass_point(g1, trainable_variables)`: one
    tensor per trainable variable;
 3. pass 2: g2 = ∇ℓ̄(point) on the same minibatch, without writing any
    variable;
-4. `optimizer.apply(optimizer.combine_passes(records, ...))`, by default
-   g2 (the mean of the g2 of the sub-batches when the optimizer has a
-   `batch_split`; the optimizer may store first-pass statistics in its
-   slots here).
+4. `optimizer.apply(optimizer.combine_passes(records, context))`, by default
+   g2 (the mean of the g2 of the sub-batches when the optimizer plans
+   several; the optimizer may store first-pass statistics in its slots
+   there).
 """
 
 import keras
 from keras import ops
 
+from keras_bayes import _keras_compat
 from keras_bayes.optimizers import base
+from keras_bayes.training.contract import MultiPassOptimizer
+from keras_bayes.training.contract import StepPlan
 
 
 def global_norm(tensors):
@@ -42,19 +46,19 @@ def heavy_ball_momentum(momentum, gradient, weights, beta, weight_decay):
     return beta * momentum + gradient + weight_decay * weights
 
 
-class TwoPassOptimizer(base.PassStepContext):
+class TwoPassOptimizer(MultiPassOptimizer):
     """Mixin for optimizers that need a second gradient on the same batch.
 
-    A subclass implements `second_pass_point(gradients, trainable_variables)`
-    and may override `combine_passes`. `apply` (and through it
-    `apply_gradients` and `stateless_apply`) raises a `ValueError` unless it
-    runs inside `two_pass_step()`, which `keras_bayes.training.TwoPassModel`
-    enters while it runs its training step: used through plain
+    A subclass implements `second_pass_point(gradients,
+    trainable_variables)` and may override `combine_passes` (default: the
+    mean second-pass gradient) and `step_plan` (default: one sub-batch, one
+    sample, a second pass). `apply` (and through it `apply_gradients` and
+    `stateless_apply`) raises a `ValueError` unless it runs inside
+    `two_pass_step()`, which `keras_bayes.training.TwoPassModel` enters
+    while it runs its training step: used through plain
     `model.compile(optimizer=...)`, the optimizer would otherwise silently do
     something that is not SAM.
     """
-
-    is_two_pass_optimizer = True
 
     @staticmethod
     def _check_two_pass_kwargs(name, kwargs):
@@ -68,22 +72,13 @@ class TwoPassOptimizer(base.PassStepContext):
                 f"{steps!r}"
             )
 
-    def combine_passes(self, records, unscale, trainable_variables):
-        """The gradient to apply: the mean second-pass gradient.
-
-        `records` holds one dict per (sub-batch, sample) with the first-pass
-        `point` (None: the model's variables), `grads`, `second_point` and
-        `second_grads`; `unscale` removes a loss scale from a gradient list.
-        """
-        return base.mean_gradients([r["second_grads"] for r in records])
-
-    def second_pass_point(self, gradients, trainable_variables=None):
-        raise NotImplementedError
+    def step_plan(self):
+        return StepPlan(second_pass=True)
 
     def _variables_for_point(self, gradients, trainable_variables):
         variables = (
             list(trainable_variables) if trainable_variables is not None
-            else list(self._trainable_variables)
+            else _keras_compat.optimizer_variables_built_for(self)
         )
         if not self.built:
             self.build(variables)
@@ -99,18 +94,6 @@ class TwoPassOptimizer(base.PassStepContext):
             for g, v in zip(gradients, variables)
         ]
         return grads, variables
-
-    def apply(self, grads, trainable_variables=None):
-        if not self._two_pass_active:
-            raise ValueError(
-                f"{type(self).__name__} needs two gradients on the same "
-                "minibatch, which a plain Keras model cannot provide. Wrap "
-                "the model: `model = keras_bayes.training.TwoPassModel("
-                "model)`, then `model.compile(optimizer=...)` and "
-                "`model.fit(...)`. (Inside a custom two-pass training step, "
-                "call `apply` within `optimizer.two_pass_step()`.)"
-            )
-        return super().apply(grads, trainable_variables)
 
 
 @keras.saving.register_keras_serializable(package="keras_bayes")
@@ -230,10 +213,4 @@ class SAM(TwoPassOptimizer, keras.optimizers.Optimizer):
         return config
 
 
-def is_two_pass_optimizer(optimizer):
-    """True if `optimizer` (or the one a LossScaleOptimizer wraps) is one."""
-    inner = getattr(optimizer, "inner_optimizer", optimizer)
-    return bool(getattr(inner, "is_two_pass_optimizer", False))
-
-
-__all__ = ["SAM", "TwoPassOptimizer", "is_two_pass_optimizer"]
+__all__ = ["SAM", "TwoPassOptimizer"]

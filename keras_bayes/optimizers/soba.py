@@ -5,7 +5,11 @@ import math
 import keras
 from keras import ops
 
+from keras_bayes import _keras_compat
 from keras_bayes.optimizers import base
+from keras_bayes.training.contract import MultiPassOptimizer
+from keras_bayes.training.contract import StepPlan
+from keras_bayes.training.contract import mean_gradients
 
 
 def price_hessian_estimate(gradient, perturbation, hessian, weight_decay,
@@ -45,7 +49,7 @@ def gaussian_posterior_std(hessian, weight_decay, ess):
 
 
 @keras.saving.register_keras_serializable(package="keras_bayes")
-class SOBA(base.PassStepContext, base.PosteriorOptimizer):
+class SOBA(MultiPassOptimizer, base.PosteriorOptimizer):
     """SOBA: variational learning of a diagonal Gaussian posterior.
 
     SOBA ("second-order optimization via Bayes") is the improved variational
@@ -214,32 +218,36 @@ class SOBA(base.PassStepContext, base.PosteriorOptimizer):
                 for v in var_list
             ]
 
-    def apply(self, grads, trainable_variables=None):
-        if self.mc_samples > 1 and not self._two_pass_active:
-            raise ValueError(
-                f"SOBA with mc_samples={self.mc_samples} takes several "
-                "gradients on the same minibatch, which a plain Keras model "
-                "cannot provide. Wrap the model: `model = keras_bayes."
-                "training.TwoPassModel(model)`, then `model.compile(...)` "
-                "and `model.fit(...)`; or use mc_samples=1."
-            )
-        return super().apply(grads, trainable_variables)
+    def step_plan(self):
+        return StepPlan(samples=self.mc_samples)
 
-    def combine_passes(self, records, unscale, trainable_variables):
+    # The samples after the first are fresh posterior samples.
+    draw_training_point = base.PosteriorOptimizer.draw_training_point
+
+    def outside_step_message(self):
+        return (
+            f"SOBA with mc_samples={self.mc_samples} takes several "
+            "gradients on the same minibatch, which a plain Keras model "
+            "cannot provide. Wrap the model: `model = keras_bayes."
+            "training.TwoPassModel(model)`, then `model.compile(...)` "
+            "and `model.fit(...)`; or use mc_samples=1."
+        )
+
+    def combine_passes(self, records, context):
         """Writes the samples' curvature statistic; returns the mean g."""
         first = self._before_first_update()
         # A bad gradient skips the whole step: keep the old statistic too.
         # (Unscaling by a finite scale cannot change finiteness.)
-        finite = base.all_finite([r["grads"] for r in records])
-        for position, variable in enumerate(trainable_variables):
-            index = self._get_variable_index(variable)
+        finite = base.all_finite([r.grads for r in records])
+        for position, variable in enumerate(context.variables):
+            index = _keras_compat.variable_index(self, variable)
             sample = ops.convert_to_tensor(variable)
             mean = ops.where(first, sample, ops.convert_to_tensor(
                 self._state["mean"][index]))
             total = ops.zeros(tuple(variable.shape), variable.dtype)
             count = ops.zeros(tuple(variable.shape), variable.dtype)
             for record in records:
-                gradient = unscale(record["grads"])[position]
+                gradient = context.unscale(record.grads)[position]
                 if gradient is None:
                     gradient = ops.zeros(tuple(variable.shape),
                                          variable.dtype)
@@ -248,8 +256,8 @@ class SOBA(base.PassStepContext, base.PosteriorOptimizer):
                     total = total + ops.square(gradient)
                     count = count + 1.0
                     continue
-                point = (sample if record["point"] is None
-                         else record["point"][position])
+                point = (sample if record.point is None
+                         else record.point[position])
                 perturbation = point - mean
                 total = total + perturbation * gradient
                 count = count + ops.cast(
@@ -258,7 +266,7 @@ class SOBA(base.PassStepContext, base.PosteriorOptimizer):
             self.assign(slot, ops.where(
                 finite, total / ops.maximum(count, 1.0),
                 ops.convert_to_tensor(slot)))
-        return base.mean_gradients([r["grads"] for r in records])
+        return mean_gradients([r.grads for r in records])
 
     def _state_initializer(self, name, variable):
         if name == "hessian":

@@ -1,17 +1,15 @@
 """VOGN: variational online Gauss-Newton (Osawa et al., 2019)."""
 
-import contextlib
 import re
 
 import keras
 import numpy as np
 from keras import ops
 
+from keras_bayes import _keras_compat
 from keras_bayes.optimizers import base
 from keras_bayes.posterior import Posterior
-# The training step VOGN needs; imported here so that `import keras_bayes`
-# registers it for `keras.models.load_model`.
-from keras_bayes.per_example import VOGNModel
+from keras_bayes.training.contract import PerExampleOptimizer
 
 
 def vogn_momentum(momentum, gradient, mean, prior, beta1):
@@ -39,7 +37,7 @@ def only_where_bayesian(value, bayesian):
 
 
 @keras.saving.register_keras_serializable(package="keras_bayes")
-class VOGN(base.PosteriorOptimizer):
+class VOGN(PerExampleOptimizer, base.PosteriorOptimizer):
     """VOGN: natural-gradient VI with a Gauss-Newton diagonal.
 
     VOGN (Osawa et al., 2019) learns q(θ) = N(μ, diag(σ²)) with
@@ -56,11 +54,12 @@ class VOGN(base.PosteriorOptimizer):
     θ = μ + ε',  ε' ~ N(0, 1/(N·(s + δ̃ + γ)))        # the next sample
     ```
 
-    (algorithms.md §4.2; N = `ess`, δ = `weight_decay` per example,
-    τ = `temperature`, γ = `damping`.) ĥ needs per-example gradients, which
-    a Keras optimizer does not receive: train through
-    `keras_bayes.per_example.VOGNModel`, whose training step computes them
-    with the backend's vectorizing map and hands ĥ over with
+    (the VOGN update with momentum of Osawa et al., 2019; N = `ess`, δ =
+    `weight_decay` per example, τ = `temperature`, γ = `damping`.) ĥ needs
+    per-example gradients, which a Keras optimizer does not receive: VOGN
+    is a `keras_bayes.training.contract.PerExampleOptimizer`, trained
+    through `keras_bayes.per_example.VOGNModel`, whose training step
+    computes them with the backend's vectorizing map and hands ĥ over with
     `set_squared_gradients`. Used with a plain model, `apply` raises.
 
     **Deterministic weights** (the paper's BatchNorm treatment). Variables
@@ -147,8 +146,6 @@ class VOGN(base.PosteriorOptimizer):
     # fused or per variable, handles both kinds, and so that it is saved.
     state_names = ("mean", "precision", "momentum", "squared_gradient",
                    "bayesian")
-    needs_per_example_gradients = True
-    _per_example_active = False
 
     def __init__(self, learning_rate, ess, beta1=0.9, beta2=0.999,
                  temperature=1.0, damping=1e-4, precision_init=1.0,
@@ -237,43 +234,22 @@ class VOGN(base.PosteriorOptimizer):
     # ------------------------------------------------------------------
     # Per-example curvature.
 
-    @contextlib.contextmanager
-    def per_example_step(self):
-        """Context in which `apply` is allowed (entered by `VOGNModel`)."""
-        previous = self._per_example_active
-        self._per_example_active = True
-        try:
-            yield
-        finally:
-            self._per_example_active = previous
-
     def set_squared_gradients(self, squared_gradients,
                               trainable_variables=None):
         """Store ĥ = mean_i g_i² for the next `apply` (one per variable)."""
         variables = (list(trainable_variables) if trainable_variables
-                     is not None else list(self._trainable_variables))
+                     is not None
+                     else _keras_compat.optimizer_variables_built_for(self))
         if not self.built:
             self.build(variables)
         # A bad gradient skips the step (`nonfinite_gradients`); the old ĥ
         # is kept too, so a skipped step leaves no NaN in the state.
         finite = base.all_finite(squared_gradients)
         for value, variable in zip(squared_gradients, variables):
-            index = self._get_variable_index(variable)
+            index = _keras_compat.variable_index(self, variable)
             slot = self._state["squared_gradient"][index]
             self.assign(slot, ops.where(finite, ops.cast(value, slot.dtype),
                                         ops.convert_to_tensor(slot)))
-
-    def apply(self, grads, trainable_variables=None):
-        if not self._per_example_active:
-            raise ValueError(
-                "VOGN needs per-example squared gradients, which a plain "
-                "Keras model does not compute. Wrap the model: `model = "
-                "keras_bayes.per_example.VOGNModel(model)`, then "
-                "`model.compile(optimizer=VOGN(...), loss=...)` and "
-                "`model.fit(...)`. (In a custom training step, call "
-                "`set_squared_gradients` and then `apply` within "
-                "`optimizer.per_example_step()`.)")
-        return super().apply(grads, trainable_variables)
 
     # ------------------------------------------------------------------
     # The update.
@@ -360,4 +336,4 @@ def _check_patterns(names):
     return names
 
 
-__all__ = ["VOGN", "VOGNModel"]
+__all__ = ["VOGN"]

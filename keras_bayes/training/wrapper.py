@@ -1,0 +1,42 @@
+"""`WrapperModel`: the plumbing shared by keras_bayes' training wrappers."""
+
+import keras
+
+
+class WrapperModel(keras.Model):
+    """A model that trains `inner` with its own `train_step`.
+
+    The plumbing shared by `TwoPassModel` and `VOGNModel`: `call` delegates
+    to the wrapped model, and the config holds it, so saving the wrapper
+    saves the wrapped model, the optimizer and its state. A subclass lists
+    its own constructor arguments in `wrapper_arguments` (stored as
+    attributes of the same names) and overrides `train_step`.
+    """
+
+    wrapper_arguments = ()
+
+    def __init__(self, inner, **kwargs):
+        super().__init__(**kwargs)
+        self.inner = inner
+        if inner.built:
+            self.built = True
+
+    def call(self, inputs, training=None):
+        return self.inner(inputs, training=training)
+
+    def get_config(self):
+        config = super().get_config()
+        config["inner"] = keras.saving.serialize_keras_object(self.inner)
+        for name in self.wrapper_arguments:
+            config[name] = getattr(self, name)
+        return config
+
+    @classmethod
+    def from_config(cls, config, custom_objects=None):
+        config = dict(config)
+        inner = keras.saving.deserialize_keras_object(
+            config.pop("inner"), custom_objects=custom_objects)
+        return cls(inner, **config)
+
+
+__all__ = ["WrapperModel"]
