@@ -168,12 +168,12 @@ def per_example_step(model, layers, state, data):
     else:
         _, (aux, _) = batch_pass(trainable)
     unscaled_loss, y_pred, new_non_trainable, metrics = aux
-    _, mean_gradients, squared = shared.squared_gradients_at(
+    _, example_mean, squared = shared.squared_gradients_at(
         per_example_gradients, model, loss_fn, trainable, non_trainable,
         ops.convert_to_tensor(x), ops.convert_to_tensor(y), layers,
         statistics)
     if not layers:
-        gradients = mean_gradients
+        gradients = example_mean
 
     optimizer = model.optimizer
     variables = model.trainable_variables

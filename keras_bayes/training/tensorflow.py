@@ -189,12 +189,12 @@ def per_example_step(model, layers, data):
     trainable = [ops.convert_to_tensor(v) for v in model.trainable_variables]
     non_trainable = [ops.convert_to_tensor(v)
                      for v in model.non_trainable_variables]
-    _, mean_gradients, squared = shared.squared_gradients_at(
+    _, example_mean, squared = shared.squared_gradients_at(
         per_example_gradients, model, loss_fn, trainable, non_trainable,
         ops.convert_to_tensor(x), ops.convert_to_tensor(y), layers,
         statistics)
     if not layers:
-        gradients = mean_gradients
+        gradients = example_mean
     optimizer = model.optimizer
     with inner_optimizer(optimizer).per_example_step():
         shared.hand_over_curvature(optimizer, squared,
