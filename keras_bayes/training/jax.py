@@ -55,13 +55,13 @@ def _no_gradient_reducer(gradient_reducer):
             "reduces the gradients itself.")
 
 
-
 def process_group():
     """`keras_bayes.distributed` drives torch.distributed only."""
     raise ValueError(
         "keras_bayes.distributed drives torch.distributed and needs the "
         "torch backend. On JAX use `keras.distribution.DataParallel` "
         "with `fit` (docs/distributed.md). Backend: 'jax'")
+
 
 # ----------------------------------------------------------------------
 # Multi-pass step (`TwoPassModel`).

@@ -45,7 +45,6 @@ def _all_reduce_sum(grads):
     return grads
 
 
-
 def process_group():
     """`keras_bayes.distributed` drives torch.distributed only."""
     raise ValueError(
@@ -53,6 +52,7 @@ def process_group():
         "torch backend. On TensorFlow use "
         "`tf.distribute.MirroredStrategy` with `fit` (docs/distributed.md). "
         "Backend: 'tensorflow'")
+
 
 # ----------------------------------------------------------------------
 # Multi-pass step (`TwoPassModel`).
