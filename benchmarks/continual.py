@@ -32,6 +32,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), os.pardir))
 
 import keras  # noqa: E402
 
+from benchmarks import continual_baselines as baselines  # noqa: E402
 from keras_bayes import continual as cl  # noqa: E402
 from keras_bayes.optimizers import SOBA  # noqa: E402
 
@@ -53,20 +54,21 @@ def soba(learning_rate=0.2, hess_init=0.5):
 
 def strategies(quick=False):
     """(label, factory) pairs; a factory makes a fresh strategy per run."""
-    out = [("Adam fine-tuning", lambda: cl.FineTune(1e-3))]
+    out = [("Adam fine-tuning", lambda: baselines.FineTune(1e-3))]
     for strength in ((0.1,) if quick else (0.01, 0.1, 1.0)):
         out.append((f"Adam + L2 to previous (λ={strength:g})",
-                    lambda s=strength: cl.L2Anchor(s)))
+                    lambda s=strength: baselines.L2Anchor(s)))
     for strength in ((100.0,) if quick else (10.0, 100.0, 1000.0)):
         out.append((f"Adam + online EWC (λ={strength:g})",
-                    lambda s=strength: cl.OnlineEWC(s)))
+                    lambda s=strength: baselines.OnlineEWC(s)))
     out.append(("SOBA, no prior (fine-tuning)",
-                lambda: cl.BayesianPrior(soba(), use_prior=False)))
+                lambda: baselines.BayesianPrior(soba(), use_prior=False)))
     out.append(("SOBA, posterior as prior (τ=1)",
-                lambda: cl.BayesianPrior(soba())))
+                lambda: baselines.BayesianPrior(soba())))
     if not quick:
         out.append(("SOBA, posterior as prior (τ=0.3)",
-                    lambda: cl.BayesianPrior(soba(), prior_strength=0.3)))
+                    lambda: baselines.BayesianPrior(soba(),
+                                                    prior_strength=0.3)))
     return out
 
 
@@ -87,7 +89,7 @@ def run(seeds, epochs, quick=False):
         for label, factory in strategies(quick):
             for seed in seeds:
                 start = time.perf_counter()
-                result = cl.run_sequence(factory(), tasks, mlp,
+                result = baselines.run_sequence(factory(), tasks, mlp,
                                          epochs=epochs, batch_size=32,
                                          scenarios=scenarios, seed=seed)
                 seconds = time.perf_counter() - start

@@ -114,8 +114,8 @@ def continual_accuracy(matrix_by_name, task_names=None, title=None):
 
     Args:
         matrix_by_name: dict name -> (T, T) accuracy matrix, entry [i, j]
-            the accuracy on task j after training on tasks 0..i (as in
-            `keras_bayes.continual.ContinualResult.matrices`).
+            the accuracy on task j after training on tasks 0..i (the matrix
+            the `keras_bayes.continual` metrics take).
         task_names: optional list of T names for the legend.
         title: optional figure title.
     """

@@ -5,4 +5,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup_env.sh
-KERAS_BACKEND=${KERAS_BACKEND:-jax} exec .venv/bin/python -m keras_bayes.demo "$@"
+KERAS_BACKEND=${KERAS_BACKEND:-jax} exec .venv/bin/python examples/demo.py "$@"

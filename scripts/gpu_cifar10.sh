@@ -22,7 +22,7 @@ python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir \
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
 export KERAS_BAYES_CIFAR10=$PWD/.data/cifar10-jpeg.npz.xz
 nvidia-smi --query-gpu=name,driver_version --format=csv | tee "$OUT/gpu.txt"
-KERAS_BACKEND=${BACKEND:-jax} timeout ${LIMIT:-540} python3 -m keras_bayes.bench \
+KERAS_BACKEND=${BACKEND:-jax} timeout ${LIMIT:-540} python3 benchmarks/cifar10.py \
   --methods "${METHODS:-sgd,soba,bsam}" --model resnet20 \
   --epochs "${EPOCHS:-30}" --seeds 0 --heldout-classes 8,9 --verbose 2 \
   --out "$OUT/cifar10_gpu" 2>&1 | tee "$OUT/bench.log" | tail -30

@@ -1,4 +1,4 @@
-"""The CIFAR-10 benchmark harness (`python -m keras_bayes.bench`) in its
+"""The CIFAR-10 benchmark harness (`python benchmarks/cifar10.py`) in its
 small setting, its data pipeline and the ResNet-20 models."""
 
 import json
@@ -10,11 +10,12 @@ import keras
 import numpy as np
 import pytest
 
-from keras_bayes import bench
+from benchmarks import cifar10 as bench
 from keras_bayes import models
 from keras_bayes.datasets import DEFAULT_CIFAR10_PATH
 
 HAS_ARCHIVE = os.path.exists(DEFAULT_CIFAR10_PATH)
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.mark.slow
@@ -52,7 +53,8 @@ def test_small_run_writes_results_and_resumes(tmp_path):
 
 
 def test_warmup_cosine_schedule():
-    schedule = bench.warmup_cosine(0.2, steps_per_epoch=10, epochs=40)
+    schedule = bench.warmup_cosine_by_epochs(0.2, steps_per_epoch=10,
+                                             epochs=40)
     values = [float(keras.ops.convert_to_numpy(schedule(s)))
               for s in (0, 25, 50, 225, 399)]
     assert values[0] == pytest.approx(0.0)
@@ -115,7 +117,7 @@ def test_bad_arguments():
 
 TFDS_SCRIPT = """
 import tensorflow_datasets as tfds
-from keras_bayes import bench
+from benchmarks import cifar10 as bench
 with tfds.testing.mock_data(num_examples=200):
     (x, y), (xt, yt), x_ood = bench.load_data("tfds", heldout_classes=(9,))
 assert x.shape[1:] == (32, 32, 3) and x.dtype.name == "float32"
@@ -129,7 +131,7 @@ print("ok")
                     "checked once")
 def test_tfds_path_with_mock_data():
     pytest.importorskip("tensorflow_datasets")
-    result = subprocess.run([sys.executable, "-c", TFDS_SCRIPT],
+    result = subprocess.run([sys.executable, "-c", TFDS_SCRIPT], cwd=ROOT,
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0 and "ok" in result.stdout, (
         result.stderr[-3000:])

@@ -7,6 +7,7 @@ import keras
 import numpy as np
 import pytest
 
+from benchmarks import continual_baselines as baselines
 from keras_bayes import continual as cl
 from keras_bayes.datasets import DEFAULT_CIFAR10_PATH
 from keras_bayes.optimizers import SOBA
@@ -85,7 +86,7 @@ def test_anchored_adam_is_adam_on_the_penalised_gradient():
     grad = rng.normal(size=(3, 2)).astype("float32")
     a, b = keras.Variable(theta), keras.Variable(theta)
     tensor = keras.ops.convert_to_tensor
-    cl.AnchoredAdam([anchor], [precision], learning_rate=0.1).apply(
+    baselines.AnchoredAdam([anchor], [precision], learning_rate=0.1).apply(
         [tensor(grad)], [a])
     keras.optimizers.Adam(0.1).apply(
         [tensor(grad + precision * (theta - anchor))], [b])
@@ -100,7 +101,7 @@ def test_empirical_fisher_equals_per_example_squared_gradients():
     model = keras.Sequential([keras.Input((5,)), keras.layers.Dense(3)])
     w, b = (v.numpy() for v in model.trainable_variables)
     loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-    fisher = cl.empirical_fisher(model, x, y, loss, num_examples=12)
+    fisher = baselines.empirical_fisher(model, x, y, loss, num_examples=12)
     logits = x @ w + b
     p = np.exp(logits - logits.max(1, keepdims=True))
     p /= p.sum(1, keepdims=True)
@@ -162,7 +163,8 @@ def _digits():
 
 def test_run_sequence_validates_and_records_every_task():
     tasks = cl.split_digits(classes_per_task=5)
-    result = cl.run_sequence(cl.L2Anchor(0.1), tasks, mlp, epochs=1)
+    result = baselines.run_sequence(baselines.L2Anchor(0.1), tasks, mlp,
+                                    epochs=1)
     assert set(result.matrices) == {"task", "class"}
     assert result.matrices["task"].shape == (2, 2)
     assert np.isfinite(result.matrices["class"]).all()
@@ -170,11 +172,12 @@ def test_run_sequence_validates_and_records_every_task():
     assert set(summary) == {"average_accuracy", "forgetting",
                             "backward_transfer", "first_task_final"}
     with pytest.raises(ValueError, match="epochs"):
-        cl.run_sequence(cl.FineTune(), tasks, mlp, epochs=0)
+        baselines.run_sequence(baselines.FineTune(), tasks, mlp, epochs=0)
     with pytest.raises(ValueError, match="scenario"):
-        cl.run_sequence(cl.FineTune(), tasks, mlp, scenarios=("domain",))
+        baselines.run_sequence(baselines.FineTune(), tasks, mlp,
+                               scenarios=("domain",))
     with pytest.raises(ValueError, match="strength"):
-        cl.OnlineEWC(strength=-1.0)
+        baselines.OnlineEWC(strength=-1.0)
 
 
 def test_split_mnist1d_sequence():

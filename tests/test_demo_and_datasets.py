@@ -15,8 +15,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def test_demo_prints_the_table(tmp_path):
     out = tmp_path / "demo.json"
     result = subprocess.run(
-        [sys.executable, "-m", "keras_bayes.demo", "--epochs", "3",
-         "--samples", "4", "--json", str(out),
+        [sys.executable, os.path.join("examples", "demo.py"), "--epochs",
+         "3", "--samples", "4", "--json", str(out),
          "--plot", str(tmp_path / "rel.png"),
          "--map", str(tmp_path / "map.png"), "--map-epochs", "2"],
         cwd=ROOT, capture_output=True, text=True, timeout=600,

@@ -94,7 +94,7 @@ for name, probs in [("mean", at_mean), ("posterior average", averaged)]:
 # %% [markdown]
 # ## What to try next
 # - Compare with `keras.optimizers.Adam(1e-3)`: on this task Adam overfits
-#   and its NLL and ECE are several times SOBA's (`python -m keras_bayes.demo`).
+#   and its NLL and ECE are several times SOBA's (`python examples/demo.py`).
 # - Save and reload: `model.save("m.keras")` keeps the posterior, the noise
 #   state and the step counter; `keras.models.load_model` (after
 #   `import keras_bayes`) restores them and training resumes exactly.

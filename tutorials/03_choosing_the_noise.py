@@ -152,7 +152,7 @@ for noise, std in scales.items():
 #   where the loss is sharp.
 # - `keras_bayes.optimizers.LieMultiplicative` (Rayleigh noise, θ = m·ξ)
 #   for positive weights.
-# - The CIFAR-10 recipes of the paper: `python -m keras_bayes.bench
+# - The CIFAR-10 recipes of the paper: `python benchmarks/cifar10.py
 #   --methods lie-additive,lie-affine` (tutorial 05).
 
 # %%

@@ -3,15 +3,15 @@
 #
 # The report's tables train ResNet-20 on CIFAR-10 with each method's own
 # recipe and compare accuracy, NLL, ECE, Brier and AUROCs at the posterior
-# mean and averaged over samples. `keras_bayes.bench` is that harness:
+# mean and averaged over samples. `benchmarks/cifar10.py` is that harness:
 #
-#     python -m keras_bayes.bench --methods sgd,adam,sam-sgd,bsam,soba,\
+#     python benchmarks/cifar10.py --methods sgd,adam,sam-sgd,bsam,soba,\
 #         lie-additive,lie-affine --model resnet20 --epochs 60 \
 #         --heldout-classes 8,9 --out benchmarks/results/cifar10_gpu
 #
 # Each method brings its paper's recipe (batch size, peak learning rate,
 # 5-epoch warmup then cosine decay, prior precision, `ess` counting the
-# augmentation factor); see `METHODS` in `keras_bayes/bench.py`. On one
+# augmentation factor); see `METHODS` in `benchmarks/cifar10.py`. On one
 # H200, Keras-JAX trains ResNet-20 at about 1.3 s an epoch, so a 60-epoch
 # comparison of several methods takes minutes; on a laptop CPU use the
 # small settings below.
@@ -27,11 +27,19 @@
 
 # %%
 import os
+import sys
 
 os.environ.setdefault("KERAS_BACKEND", "jax")
 
-from keras_bayes import bench
-from keras_bayes.datasets import DEFAULT_CIFAR10_PATH
+# The harness lives in the repository's `benchmarks/` folder, not in the
+# installed package: the checkout goes on the path (as a script, or as a
+# notebook opened in `tutorials/`).
+HERE = (os.path.dirname(os.path.abspath(__file__)) if "__file__" in globals()
+        else os.getcwd())
+sys.path.insert(0, os.path.join(HERE, os.pardir))
+
+from benchmarks import cifar10 as bench  # noqa: E402
+from keras_bayes.datasets import DEFAULT_CIFAR10_PATH  # noqa: E402
 
 FAST = os.environ.get("KERAS_BAYES_FAST") == "1"
 archive = os.environ.get("KERAS_BAYES_CIFAR10") or DEFAULT_CIFAR10_PATH
@@ -85,7 +93,7 @@ else:
 #
 # ## The full schedule on a GPU
 # ```
-# KERAS_BACKEND=jax python -m keras_bayes.bench \
+# KERAS_BACKEND=jax python benchmarks/cifar10.py \
 #     --methods sgd,sam-sgd,bsam,soba,lie-additive,lie-affine \
 #     --model resnet20 --epochs 60 --seeds 0 --heldout-classes 8,9 \
 #     --out benchmarks/results/cifar10_gpu

@@ -30,14 +30,24 @@
 
 # %%
 import os
+import sys
 
 os.environ.setdefault("KERAS_BACKEND", "jax")
 
-import keras
-import numpy as np
+# The baselines and `run_sequence` are experiments: they live in the
+# repository's `benchmarks/` folder, not in the installed package, so the
+# checkout goes on the path (as a script, or as a notebook opened in
+# `tutorials/`).
+HERE = (os.path.dirname(os.path.abspath(__file__)) if "__file__" in globals()
+        else os.getcwd())
+sys.path.insert(0, os.path.join(HERE, os.pardir))
 
-import keras_bayes
-from keras_bayes import continual
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+
+import keras_bayes  # noqa: E402
+from benchmarks import continual_baselines as baselines  # noqa: E402
+from keras_bayes import continual  # noqa: E402
 
 FAST = os.environ.get("KERAS_BAYES_FAST") == "1"
 EPOCHS = 1 if FAST else 5
@@ -84,9 +94,10 @@ for task in tasks[:2]:
 
 # %% [markdown]
 # ## Five tasks, four methods
-# `continual.run_sequence` does the loop above for any strategy and records
-# the accuracy matrix: entry [i, j] is the accuracy on task j after training
-# on tasks 1..i+1.
+# `run_sequence` (from `benchmarks/continual_baselines.py`, with the
+# baselines) does the loop above for any strategy and records the accuracy
+# matrix: entry [i, j] is the accuracy on task j after training on tasks
+# 1..i+1.
 
 # %%
 def soba(task, prior):
@@ -95,12 +106,12 @@ def soba(task, prior):
 
 
 methods = {
-    "Adam fine-tuning": continual.FineTune(1e-3),
-    "SOBA, no prior": continual.BayesianPrior(soba, use_prior=False),
-    "SOBA, posterior as prior": continual.BayesianPrior(soba),
-    "online EWC (λ=100)": continual.OnlineEWC(100.0),
+    "Adam fine-tuning": baselines.FineTune(1e-3),
+    "SOBA, no prior": baselines.BayesianPrior(soba, use_prior=False),
+    "SOBA, posterior as prior": baselines.BayesianPrior(soba),
+    "online EWC (λ=100)": baselines.OnlineEWC(100.0),
 }
-results = {name: continual.run_sequence(strategy, tasks, mlp, epochs=EPOCHS,
+results = {name: baselines.run_sequence(strategy, tasks, mlp, epochs=EPOCHS,
                                         seed=0)
            for name, strategy in methods.items()}
 print(f"{'method':28s} {'scenario':6s} {'avg acc':>8s} {'forgetting':>10s}")

@@ -1,29 +1,37 @@
 """The main job: train with SOBA and with Adam, report accuracy and calibration.
 
-    python -m keras_bayes.demo                   # MNIST-1D, an MLP, ~1 minute
-    python -m keras_bayes.demo --dataset digits
-    python -m keras_bayes.demo --dataset cifar10 --train-size 10000
+    python examples/demo.py                   # MNIST-1D, an MLP, ~1 minute
+    python examples/demo.py --dataset digits
+    python examples/demo.py --dataset cifar10 --train-size 10000
 
 Prints one table: accuracy, NLL, ECE, Brier score and misclassification AUROC
 (max-probability confidence, correct predictions positive) of Adam at its
 weights, of SOBA at its posterior mean, and of SOBA averaged over posterior
 samples (the Bayesian model average), and writes a reliability diagram PNG
 and a two-moons predictive-uncertainty map PNG.
-Runs on whichever backend KERAS_BACKEND names.
+Runs on whichever backend KERAS_BACKEND names. `scripts/demo.sh` runs it in
+the project's virtual environment.
 """
 
 import argparse
 import json
+import os
+import sys
 import time
 
-import keras
 import numpy as np
 
-import keras_bayes
-from keras_bayes import datasets
-from keras_bayes.metrics.calibration import classification_report
-from keras_bayes.metrics.detection import misclassification_detection
-from keras_bayes.predictive import softmax
+# Run as a script, the checkout this file is in comes first on the path, so
+# its keras_bayes is the one demonstrated.
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), os.pardir))
+
+import keras  # noqa: E402
+
+import keras_bayes  # noqa: E402
+from keras_bayes import datasets  # noqa: E402
+from keras_bayes.metrics import calibration  # noqa: E402
+from keras_bayes.metrics import detection  # noqa: E402
+from keras_bayes.predictive import softmax  # noqa: E402
 
 
 def build_model(input_shape, num_classes, seed):
@@ -175,8 +183,9 @@ def main(argv=None):
     }
     rows = {}
     for name, p in probs.items():
-        rows[name] = classification_report(yt, p)
-        rows[name]["auroc"] = misclassification_detection(yt, p)["auroc"]
+        rows[name] = calibration.classification_report(yt, p)
+        rows[name]["auroc"] = detection.misclassification_detection(
+            yt, p)["auroc"]
     print(f"{'':24s} {'accuracy':>9s} {'NLL':>8s} {'ECE':>8s} {'Brier':>8s}"
           f" {'AUROC':>8s}")
     for name, r in rows.items():

@@ -1,6 +1,6 @@
 """The CIFAR-10 benchmark of the report: every method, one harness.
 
-    python -m keras_bayes.bench --methods sgd,soba,bsam --epochs 60 \\
+    python benchmarks/cifar10.py --methods sgd,soba,bsam --epochs 60 \\
         --out benchmarks/results/cifar10_gpu
 
 trains ResNet-20 (FRN by default, `--model resnet20-bn` for BatchNorm, or
@@ -26,6 +26,9 @@ and peak memory (device memory on a GPU, peak process RSS on a CPU).
 Resuming: a run whose (method, seed, model, epochs) record is in `<out>.json`
 is skipped; an interrupted run continues from its last finished epoch
 through `keras.callbacks.BackupAndRestore` in `<out>_backup/`.
+
+An experiment, not part of the library: it uses keras_bayes as a user would
+(the schedule is `keras_bayes.recipes.warmup_cosine_schedule`).
 """
 
 import argparse
@@ -39,16 +42,23 @@ import subprocess
 import sys
 import time
 
-import keras
 import numpy as np
 
-from keras_bayes import datasets
-from keras_bayes import models
-from keras_bayes import optimizers
-from keras_bayes.metrics import evaluate_probabilities
-from keras_bayes.predictive import Predictive
-from keras_bayes.predictive import softmax
-from keras_bayes.training import TwoPassModel
+# Run as a script (`python benchmarks/cifar10.py`), the checkout this file is
+# in comes first on the path, so its keras_bayes is the one measured.
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), os.pardir))
+
+import keras  # noqa: E402
+
+from keras_bayes import datasets  # noqa: E402
+from keras_bayes import models  # noqa: E402
+from keras_bayes import optimizers  # noqa: E402
+from keras_bayes.metrics import evaluate_probabilities  # noqa: E402
+from keras_bayes.per_example import VOGNModel  # noqa: E402
+from keras_bayes.predictive import Predictive  # noqa: E402
+from keras_bayes.predictive import softmax  # noqa: E402
+from keras_bayes.recipes import warmup_cosine_schedule  # noqa: E402
+from keras_bayes.training import TwoPassModel  # noqa: E402
 
 CIFAR10_TRAIN_SIZE = 50_000
 CHANNEL_MEAN = np.array([0.4914, 0.4822, 0.4465], "float32")
@@ -58,33 +68,36 @@ CHANNEL_STD = np.array([0.2470, 0.2435, 0.2616], "float32")
 # ----------------------------------------------------------------------
 # Recipes. Each returns (optimizer, batch_size, wrap): the optimizer with its
 # schedule, the paper's batch size, and the training-step wrapper it needs
-# (True: `TwoPassModel`; "vogn": `VOGNModel`; False: none).
+# (`TwoPassModel`, `VOGNModel`, or None for Keras' own step).
 
-def warmup_cosine(peak, steps_per_epoch, epochs, warmup_epochs=5):
-    """Linear warmup to `peak` over `warmup_epochs`, then cosine to 0."""
+def warmup_cosine_by_epochs(peak, steps_per_epoch, epochs, warmup_epochs=5):
+    """`recipes.warmup_cosine_schedule` with the warmup counted in epochs.
+
+    The papers warm up for 5 epochs; a run shorter than 20 epochs warms up
+    for a quarter of its epochs, and always ends with at least one step of
+    decay.
+    """
     total = max(1, steps_per_epoch * epochs)
     warmup = min(total - 1, steps_per_epoch * min(warmup_epochs, epochs // 4))
-    return keras.optimizers.schedules.CosineDecay(
-        initial_learning_rate=0.0 if warmup else peak,
-        decay_steps=max(1, total - warmup), alpha=0.0,
-        warmup_target=peak if warmup else None, warmup_steps=warmup)
+    return warmup_cosine_schedule(peak, total_steps=total,
+                                  warmup_steps=warmup)
 
 
 def _sgd(ctx):
     # The baselines of the IVON scripts: SGD 0.1, momentum 0.9, δ = 2e-4.
     return (keras.optimizers.SGD(ctx.schedule(0.1, 128), momentum=0.9,
-                                 weight_decay=2e-4), 128, False)
+                                 weight_decay=2e-4), 128, None)
 
 
 def _adam(ctx):
     return (keras.optimizers.AdamW(ctx.schedule(2e-3, 128),
-                                   weight_decay=2e-4), 128, False)
+                                   weight_decay=2e-4), 128, None)
 
 
 def _sam_sgd(ctx):
     # bSAM's SAM-SGD baseline: ρ = 0.05, heavy-ball SGD.
     return (optimizers.SAM(ctx.schedule(0.1, 128), rho=0.05, momentum=0.9,
-                           weight_decay=2e-4), 128, True)
+                           weight_decay=2e-4), 128, TwoPassModel)
 
 
 def _bsam(ctx):
@@ -93,7 +106,7 @@ def _bsam(ctx):
     n = ctx.ess(4)
     return (optimizers.BSAM(ctx.schedule(0.5, 200), ess=n, rho=0.01,
                             weight_decay=40.0 / n, batch_split=8,
-                            seed=ctx.seed), 200, True)
+                            seed=ctx.seed), 200, TwoPassModel)
 
 
 def _soba(ctx):
@@ -101,7 +114,7 @@ def _soba(ctx):
     # batch 50, 5-epoch warmup then cosine.
     return (optimizers.SOBA(ctx.schedule(0.2, 50), ess=ctx.ess(1),
                             hess_init=0.5, weight_decay=2e-4,
-                            beta2=0.99999, seed=ctx.seed), 50, False)
+                            beta2=0.99999, seed=ctx.seed), 50, None)
 
 
 def _lie_additive(ctx):
@@ -110,7 +123,7 @@ def _lie_additive(ctx):
     return (optimizers.LieAdditive(
         ctx.schedule(0.5, 200), beta1=0.8, noise="gaussian",
         noise_scale=0.005, weight_decay=25.0 / ctx.ess(1), seed=ctx.seed),
-        200, False)
+        200, None)
 
 
 def _lie_affine(ctx):
@@ -120,7 +133,7 @@ def _lie_affine(ctx):
         ctx.schedule(1.0, 200), ess=ctx.ess(1), scale_lr_ratio=0.05,
         beta1=0.8, beta2=0.999, temperature=1.0, noise="gaussian",
         noise_scale=0.005, weight_decay=25.0 / ctx.ess(1), seed=ctx.seed),
-        200, False)
+        200, None)
 
 
 def _vogn(ctx):
@@ -136,7 +149,7 @@ def _vogn(ctx):
     return (optimizers.VOGN(ctx.schedule(1e-4, 256), ess=ess, beta1=0.9,
                             beta2=0.001, damping=1e-3,
                             weight_decay=1.0 / (ess * 0.02), seed=ctx.seed),
-            256, "vogn")
+            256, VOGNModel)
 
 
 METHODS = {
@@ -168,7 +181,7 @@ class RecipeContext:
 
     def schedule(self, peak, batch_size):
         steps = math.ceil(self.train_size / self.batch_size(batch_size))
-        return warmup_cosine(peak, steps, self.epochs)
+        return warmup_cosine_by_epochs(peak, steps, self.epochs)
 
     def ess(self, augmentation_factor):
         """The training-set size, times the augmentation factor if used."""
@@ -273,57 +286,86 @@ class EpochTimer(keras.callbacks.Callback):
         self.seconds.append(time.perf_counter() - self._start)
 
 
+# A GPU's peak memory in bytes and its name, one small function per backend;
+# each returns None when the backend runs on the CPU.
+
+def _jax_gpu():
+    import jax
+
+    device = jax.devices()[0]
+    return device if device.platform == "gpu" else None
+
+
+def _jax_gpu_peak_memory():
+    device = _jax_gpu()
+    return None if device is None else device.memory_stats()[
+        "peak_bytes_in_use"]
+
+
+def _jax_gpu_name():
+    device = _jax_gpu()
+    return None if device is None else device.device_kind
+
+
+def _torch_gpu_peak_memory():
+    import torch
+
+    return torch.cuda.max_memory_allocated() if (
+        torch.cuda.is_available()) else None
+
+
+def _torch_gpu_name():
+    import torch
+
+    return torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+
+
+def _tensorflow_gpu_peak_memory():
+    import tensorflow as tf
+
+    if not tf.config.list_physical_devices("GPU"):
+        return None
+    return tf.config.experimental.get_memory_info("GPU:0")["peak"]
+
+
+def _tensorflow_gpu_name():
+    import tensorflow as tf
+
+    gpus = tf.config.list_physical_devices("GPU")
+    if not gpus:
+        return None
+    return tf.config.experimental.get_device_details(gpus[0]).get(
+        "device_name", "GPU")
+
+
+GPU_PEAK_MEMORY = {"jax": _jax_gpu_peak_memory,
+                   "torch": _torch_gpu_peak_memory,
+                   "tensorflow": _tensorflow_gpu_peak_memory}
+GPU_NAME = {"jax": _jax_gpu_name, "torch": _torch_gpu_name,
+            "tensorflow": _tensorflow_gpu_name}
+
+
+def _ask_backend(functions):
+    """`functions[backend]()`, or None when it has none or fails."""
+    function = functions.get(keras.backend.backend())
+    try:
+        return None if function is None else function()
+    except Exception:  # pragma: no cover - depends on the device
+        return None
+
+
 def peak_memory_bytes():
     """(bytes, what): device peak on a GPU, else the process' peak RSS."""
-    backend = keras.backend.backend()
-    try:
-        if backend == "torch":
-            import torch
-
-            if torch.cuda.is_available():
-                return torch.cuda.max_memory_allocated(), "gpu peak"
-        elif backend == "jax":
-            import jax
-
-            device = jax.devices()[0]
-            if device.platform == "gpu":
-                return device.memory_stats()["peak_bytes_in_use"], "gpu peak"
-        elif backend == "tensorflow":
-            import tensorflow as tf
-
-            if tf.config.list_physical_devices("GPU"):
-                info = tf.config.experimental.get_memory_info("GPU:0")
-                return info["peak"], "gpu peak"
-    except Exception:  # pragma: no cover - depends on the device
-        pass
+    peak = _ask_backend(GPU_PEAK_MEMORY)
+    if peak is not None:
+        return peak, "gpu peak"
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, (
         "process peak RSS")
 
 
 def describe_device():
-    backend = keras.backend.backend()
-    try:
-        if backend == "jax":
-            import jax
-
-            device = jax.devices()[0]
-            if device.platform == "gpu":
-                return device.device_kind
-        elif backend == "torch":
-            import torch
-
-            if torch.cuda.is_available():
-                return torch.cuda.get_device_name(0)
-        elif backend == "tensorflow":
-            import tensorflow as tf
-
-            gpus = tf.config.list_physical_devices("GPU")
-            if gpus:
-                return tf.config.experimental.get_device_details(
-                    gpus[0]).get("device_name", "GPU")
-    except Exception:  # pragma: no cover
-        pass
-    return f"CPU {platform.machine()} ({os.cpu_count()} cores)"
+    return _ask_backend(GPU_NAME) or (
+        f"CPU {platform.machine()} ({os.cpu_count()} cores)")
 
 
 def git_commit():
@@ -347,19 +389,18 @@ def build_model(name, num_classes):
                      f"'resnet20-bn']. Received: {name!r}")
 
 
-def evaluate_model(model, x, y, x_ood, test_samples, seed):
-    """{"mean": metrics, "bma": metrics or None}."""
-    inner = getattr(model, "inner", model)
-    posterior = optimizers.base.unwrap_optimizer(model.optimizer)
-    if posterior is None:
+def evaluate_model(model, optimizer, x, y, x_ood, test_samples, seed):
+    """{"mean": metrics, "bma": metrics or None} of `model` (the network,
+    not its training wrapper) trained by `optimizer`."""
+    if not isinstance(optimizer, optimizers.PosteriorOptimizer):
         def point(inputs):
-            return softmax(np.asarray(inner.predict(inputs, batch_size=500,
+            return softmax(np.asarray(model.predict(inputs, batch_size=500,
                                                     verbose=0)))
         probs_ood = None if x_ood is None else point(x_ood)
         return {"mean": evaluate_probabilities(y, point(x), probs_ood),
                 "bma": None}
-    predictive = Predictive(inner, num_samples=test_samples,
-                            optimizer=posterior, from_logits=True, seed=seed,
+    predictive = Predictive(model, num_samples=test_samples,
+                            optimizer=optimizer, from_logits=True, seed=seed,
                             batch_size=500)
     out = {}
     at_mean = predictive.predict_at_mean(x)
@@ -379,13 +420,8 @@ def run_one(method, args, data, seed):
     ctx = RecipeContext(len(x), args.epochs, seed, args.augment,
                         args.batch_size)
     optimizer, batch_size, wrap = build_method(method, ctx)
-    model = build_model(args.model, num_classes)
-    if wrap == "vogn":
-        from keras_bayes.per_example import VOGNModel
-
-        model = VOGNModel(model)
-    elif wrap:
-        model = TwoPassModel(model)
+    network = build_model(args.model, num_classes)
+    model = network if wrap is None else wrap(network)
     model.compile(optimizer=optimizer,
                   loss=keras.losses.SparseCategoricalCrossentropy(
                       from_logits=True),
@@ -400,7 +436,8 @@ def run_one(method, args, data, seed):
     model.fit(batches, epochs=args.epochs, callbacks=callbacks,
               verbose=args.verbose)
     wall = time.perf_counter() - start
-    metrics = evaluate_model(model, xt, yt, x_ood, args.test_samples, seed)
+    metrics = evaluate_model(network, optimizer, xt, yt, x_ood,
+                             args.test_samples, seed)
     memory, memory_kind = peak_memory_bytes()
     steady = timer.seconds[1:] or timer.seconds
     return {
@@ -481,7 +518,7 @@ def markdown(payload):
 
 def parse_args(argv):
     parser = argparse.ArgumentParser(
-        prog="python -m keras_bayes.bench",
+        prog="python benchmarks/cifar10.py",
         description=__doc__.split("\n\n")[0])
     parser.add_argument("--methods", default="sgd,soba,bsam",
                         help=f"comma-separated, from {sorted(METHODS)}")
@@ -534,7 +571,7 @@ def main(argv=None):
             payload = json.load(f)
     payload.update({
         "date": datetime.date.today().isoformat(),
-        "command": "python -m keras_bayes.bench " + " ".join(argv),
+        "command": "python benchmarks/cifar10.py " + " ".join(argv),
         "backend": keras.backend.backend(),
         "keras_version": keras.__version__,
         "device": describe_device(),
