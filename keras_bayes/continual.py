@@ -31,9 +31,9 @@ import keras
 import numpy as np
 from keras import ops
 
-from keras_bayes.optimizers.base import check_choice
-from keras_bayes.optimizers.base import check_number
-from keras_bayes.optimizers.base import check_positive_integer
+from keras_bayes._validation import check_choice
+from keras_bayes._validation import check_number
+from keras_bayes._validation import check_positive_integer
 
 SCENARIOS = ("task", "class")
 

@@ -29,7 +29,7 @@ import keras
 from keras import ops
 from keras import tree
 
-from keras_bayes.optimizers.base import check_choice
+from keras_bayes._validation import check_choice
 
 BN_UPDATE_CHOICES = ("first", "both")
 

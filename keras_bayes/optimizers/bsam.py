@@ -4,6 +4,8 @@
 import keras
 from keras import ops
 
+from keras_bayes._validation import check_number
+from keras_bayes._validation import check_positive_integer
 from keras_bayes.optimizers import base
 from keras_bayes.optimizers.sam import TwoPassOptimizer
 
@@ -132,17 +134,17 @@ class BSAM(TwoPassOptimizer, base.PosteriorOptimizer):
         name=None,
         **kwargs,
     ):
-        ess = base.check_number("ess", ess, low=0.0, low_open=True)
-        rho = base.check_number("rho", rho, low=0.0)
-        beta1 = base.check_number("beta1", beta1, low=0.0, high=1.0,
+        ess = check_number("ess", ess, low=0.0, low_open=True)
+        rho = check_number("rho", rho, low=0.0)
+        beta1 = check_number("beta1", beta1, low=0.0, high=1.0,
                                   high_open=True)
-        beta2 = base.check_number("beta2", beta2, low=0.0, high=1.0,
+        beta2 = check_number("beta2", beta2, low=0.0, high=1.0,
                                   high_open=True)
-        damping = base.check_number("damping", damping, low=0.0)
-        precision_init = base.check_number(
+        damping = check_number("damping", damping, low=0.0)
+        precision_init = check_number(
             "precision_init", precision_init, low=0.0, low_open=True
         )
-        batch_split = base.check_positive_integer("batch_split", batch_split)
+        batch_split = check_positive_integer("batch_split", batch_split)
         self._check_two_pass_kwargs("BSAM", kwargs)
         super().__init__(
             learning_rate=learning_rate,

@@ -21,6 +21,8 @@ the data, so the second gradient is taken by a training step:
 import keras
 from keras import ops
 
+from keras_bayes._validation import check_learning_rate
+from keras_bayes._validation import check_number
 from keras_bayes.optimizers import base
 
 
@@ -155,14 +157,14 @@ class SAM(TwoPassOptimizer, keras.optimizers.Optimizer):
 
     def __init__(self, learning_rate=0.01, rho=0.05, momentum=0.9,
                  weight_decay=0.0, epsilon=1e-12, name=None, **kwargs):
-        base.check_learning_rate(learning_rate)
-        rho = base.check_number("rho", rho, low=0.0)
-        momentum = base.check_number("momentum", momentum, low=0.0,
+        check_learning_rate(learning_rate)
+        rho = check_number("rho", rho, low=0.0)
+        momentum = check_number("momentum", momentum, low=0.0,
                                      high=1.0, high_open=True)
         weight_decay = 0.0 if weight_decay is None else weight_decay
-        weight_decay = base.check_number("weight_decay", weight_decay,
+        weight_decay = check_number("weight_decay", weight_decay,
                                          low=0.0)
-        epsilon = base.check_number("epsilon", epsilon, low=0.0,
+        epsilon = check_number("epsilon", epsilon, low=0.0,
                                     low_open=True)
         self._check_two_pass_kwargs("SAM", kwargs)
         if kwargs.get("use_ema"):

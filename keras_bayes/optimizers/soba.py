@@ -5,6 +5,9 @@ import math
 import keras
 from keras import ops
 
+from keras_bayes._validation import check_choice
+from keras_bayes._validation import check_number
+from keras_bayes._validation import check_positive_integer
 from keras_bayes.optimizers import base
 
 
@@ -161,20 +164,20 @@ class SOBA(base.PassStepContext, base.PosteriorOptimizer):
         name=None,
         **kwargs,
     ):
-        ess = base.check_number("ess", ess, low=0.0, low_open=True)
-        hess_init = base.check_number(
+        ess = check_number("ess", ess, low=0.0, low_open=True)
+        hess_init = check_number(
             "hess_init", hess_init, low=0.0, low_open=True
         )
-        beta1 = base.check_number("beta1", beta1, low=0.0, high=1.0,
+        beta1 = check_number("beta1", beta1, low=0.0, high=1.0,
                                   high_open=True)
-        beta2 = base.check_number("beta2", beta2, low=0.0, high=1.0,
+        beta2 = check_number("beta2", beta2, low=0.0, high=1.0,
                                   low_open=True)
-        base.check_choice("hess_approx", hess_approx, ("price", "gradsq"))
+        check_choice("hess_approx", hess_approx, ("price", "gradsq"))
         clip_radius = math.inf if clip_radius is None else clip_radius
-        clip_radius = base.check_number(
+        clip_radius = check_number(
             "clip_radius", clip_radius, low=0.0, low_open=True, allow_inf=True
         )
-        mc_samples = base.check_positive_integer("mc_samples", mc_samples)
+        mc_samples = check_positive_integer("mc_samples", mc_samples)
         steps = kwargs.get("gradient_accumulation_steps")
         if mc_samples > 1 and steps not in (None, 1):
             raise ValueError(
