@@ -185,7 +185,8 @@ class PosteriorOptimizer(keras.optimizers.Optimizer):
             **kwargs,
         )
         self.seed = seed
-        self.fused_update = None if fused_update is None else bool(fused_update)
+        self.fused_update = (None if fused_update is None
+                             else bool(fused_update))
         self.prior = as_prior(prior)
         self.prior_strength = check_number(
             "prior_strength", prior_strength, low=0.0, low_open=True)
@@ -545,7 +546,7 @@ class PosteriorOptimizer(keras.optimizers.Optimizer):
                 "variables)`)."
             )
 
-    def _variables(self):
+    def _model_variables(self):
         return _keras_compat.optimizer_variables_built_for(self)
 
     def _mean_values(self):
@@ -555,7 +556,7 @@ class PosteriorOptimizer(keras.optimizers.Optimizer):
     def _mean_and_std_tensors(self):
         """(mean, std) backend tensors per variable, std at full shape."""
         out = []
-        for index, variable in enumerate(self._variables()):
+        for index, variable in enumerate(self._model_variables()):
             state = self._read_state(index, ops.convert_to_tensor(variable))
             weight_decay, _ = self._prior_terms(index, variable)
             std = self._posterior_std(state, weight_decay)
@@ -579,7 +580,8 @@ class PosteriorOptimizer(keras.optimizers.Optimizer):
         return [
             mean + std * keras.random.normal(
                 tuple(variable.shape), dtype=variable.dtype, seed=seed)
-            for (mean, std), variable in zip(mean_and_std, self._variables())
+            for (mean, std), variable in zip(mean_and_std,
+                                             self._model_variables())
         ]
 
     def posterior_mean(self):
@@ -618,19 +620,19 @@ class PosteriorOptimizer(keras.optimizers.Optimizer):
             means.append(ops.convert_to_numpy(mean))
             precisions.append(1.0 / np.square(ops.convert_to_numpy(std)))
         return Posterior(means, precisions,
-                         [v.path for v in self._variables()])
+                         [v.path for v in self._model_variables()])
 
     def posterior_variables(self):
         """The model variables the posterior is over, in the same order."""
         self._check_built()
-        return self._variables()
+        return self._model_variables()
 
     def model_weights(self):
         """What the model's variables hold now (`posterior_variables()`
         order), as NumPy arrays: during `fit` the current posterior sample,
         after it the mean. Write them back with `set_model_weights`."""
         self._check_built()
-        return [ops.convert_to_numpy(v) for v in self._variables()]
+        return [ops.convert_to_numpy(v) for v in self._model_variables()]
 
     def set_model_weights(self, values):
         """Write `values` (one array or tensor per `posterior_variables()`
@@ -640,7 +642,7 @@ class PosteriorOptimizer(keras.optimizers.Optimizer):
         self._write_weights(values)
 
     def _write_weights(self, values):
-        for variable, value in zip(self._variables(), values):
+        for variable, value in zip(self._model_variables(), values):
             if isinstance(value, np.ndarray):
                 value = np.array(value, copy=True)
             else:

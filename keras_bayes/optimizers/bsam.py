@@ -137,9 +137,9 @@ class BSAM(TwoPassOptimizer, base.PosteriorOptimizer):
         ess = check_number("ess", ess, low=0.0, low_open=True)
         rho = check_number("rho", rho, low=0.0)
         beta1 = check_number("beta1", beta1, low=0.0, high=1.0,
-                                  high_open=True)
+                             high_open=True)
         beta2 = check_number("beta2", beta2, low=0.0, high=1.0,
-                                  high_open=True)
+                             high_open=True)
         damping = check_number("damping", damping, low=0.0)
         precision_init = check_number(
             "precision_init", precision_init, low=0.0, low_open=True

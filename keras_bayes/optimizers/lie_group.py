@@ -217,7 +217,7 @@ class _LieGroupOptimizer(base.PosteriorOptimizer):
         return [
             mean + (std * scale) * self._draw(variable, seed)
             for (mean, std), variable in zip(mean_and_std,
-                                             self._variables())
+                                             self._model_variables())
         ]
 
     def get_config(self):
@@ -285,7 +285,7 @@ class LieAdditive(_LieGroupOptimizer):
                  noise_scale=0.005, weight_decay=5e-4, mc_samples=1,
                  seed=None, name=None, **kwargs):
         beta1 = check_number("beta1", beta1, low=0.0, high=1.0,
-                                  high_open=True)
+                             high_open=True)
         super().__init__(learning_rate, noise, noise_scale, weight_decay,
                          mc_samples, seed, name, **kwargs)
         self.beta1 = beta1
@@ -382,14 +382,14 @@ class LieAffine(_LieGroupOptimizer):
                  mc_samples=1, seed=None, name=None, **kwargs):
         ess = check_number("ess", ess, low=0.0, low_open=True)
         scale_lr_ratio = check_number("scale_lr_ratio", scale_lr_ratio,
-                                           low=0.0)
+                                      low=0.0)
         beta1 = check_number("beta1", beta1, low=0.0, high=1.0,
-                                  high_open=True)
+                             high_open=True)
         beta2 = check_number("beta2", beta2, low=0.0, high=1.0,
-                                  high_open=True)
+                             high_open=True)
         temperature = check_number("temperature", temperature, low=0.0)
         scale_init = check_number("scale_init", scale_init, low=0.0,
-                                       low_open=True)
+                                  low_open=True)
         super().__init__(learning_rate, noise, noise_scale, weight_decay,
                          mc_samples, seed, name, **kwargs)
         self.ess = ess
@@ -521,10 +521,10 @@ class LieMultiplicative(_LieGroupOptimizer):
                  **kwargs):
         ess = check_number("ess", ess, low=0.0, low_open=True)
         beta1 = check_number("beta1", beta1, low=0.0, high=1.0,
-                                  high_open=True)
+                             high_open=True)
         temperature = check_number("temperature", temperature, low=0.0)
         init_offset = check_number("init_offset", init_offset, low=0.0,
-                                        low_open=True)
+                                   low_open=True)
         check_number("noise_scale", noise_scale, low=0.0, low_open=True)
         super().__init__(learning_rate, noise, noise_scale, weight_decay,
                          mc_samples, seed, name, **kwargs)
@@ -632,7 +632,7 @@ class LieMultiplicative(_LieGroupOptimizer):
     def _sample_tensors(self, mean_and_std, seed):
         seed = _generator(seed)
         samples = []
-        for index, variable in enumerate(self._variables()):
+        for index, variable in enumerate(self._model_variables()):
             state = {name: ops.convert_to_tensor(slots[index])
                      for name, slots in self._state.items()}
             positive, negative = self._parts(state, variable, seed)

@@ -160,12 +160,12 @@ class SAM(TwoPassOptimizer, keras.optimizers.Optimizer):
         check_learning_rate(learning_rate)
         rho = check_number("rho", rho, low=0.0)
         momentum = check_number("momentum", momentum, low=0.0,
-                                     high=1.0, high_open=True)
+                                high=1.0, high_open=True)
         weight_decay = 0.0 if weight_decay is None else weight_decay
         weight_decay = check_number("weight_decay", weight_decay,
-                                         low=0.0)
+                                    low=0.0)
         epsilon = check_number("epsilon", epsilon, low=0.0,
-                                    low_open=True)
+                               low_open=True)
         self._check_two_pass_kwargs("SAM", kwargs)
         if kwargs.get("use_ema"):
             raise ValueError(

@@ -169,9 +169,9 @@ class SOBA(base.PassStepContext, base.PosteriorOptimizer):
             "hess_init", hess_init, low=0.0, low_open=True
         )
         beta1 = check_number("beta1", beta1, low=0.0, high=1.0,
-                                  high_open=True)
+                             high_open=True)
         beta2 = check_number("beta2", beta2, low=0.0, high=1.0,
-                                  low_open=True)
+                             low_open=True)
         check_choice("hess_approx", hess_approx, ("price", "gradsq"))
         clip_radius = math.inf if clip_radius is None else clip_radius
         clip_radius = check_number(

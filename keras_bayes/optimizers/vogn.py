@@ -59,8 +59,9 @@ class VOGN(base.PosteriorOptimizer):
     ```
 
     (Osawa et al., 2019; docs/lie_group.md, "VOGN". N = `ess`,
-    δ = `weight_decay` per example, τ = `temperature`, γ = `damping`.) ĥ needs per-example gradients, which
-    a Keras optimizer does not receive: train through
+    δ = `weight_decay` per example, τ = `temperature`, γ = `damping`.)
+    ĥ needs per-example gradients, which a Keras optimizer does not
+    receive: train through
     `keras_bayes.per_example.VOGNModel`, whose training step computes them
     with the backend's vectorizing map and hands ĥ over with
     `set_squared_gradients`. Used with a plain model, `apply` raises.
@@ -158,13 +159,13 @@ class VOGN(base.PosteriorOptimizer):
                  name=None, **kwargs):
         ess = check_number("ess", ess, low=0.0, low_open=True)
         beta1 = check_number("beta1", beta1, low=0.0, high=1.0,
-                                  high_open=True)
+                             high_open=True)
         beta2 = check_number("beta2", beta2, low=0.0, high=1.0,
-                                  high_open=True)
+                             high_open=True)
         temperature = check_number("temperature", temperature, low=0.0)
         damping = check_number("damping", damping, low=0.0)
         precision_init = check_number("precision_init", precision_init,
-                                           low=0.0)
+                                      low=0.0)
         deterministic_names = _check_patterns(deterministic_names)
         steps = kwargs.get("gradient_accumulation_steps")
         if steps is not None and steps != 1:
@@ -227,7 +228,7 @@ class VOGN(base.PosteriorOptimizer):
                 if p not in self.deterministic_names])
         if not self.built:
             return
-        for index, variable in enumerate(self._variables()):
+        for index, variable in enumerate(self._model_variables()):
             if self._is_deterministic(variable):
                 slot = self._state["bayesian"][index]
                 self.assign(slot, ops.zeros(tuple(slot.shape), slot.dtype))
@@ -326,7 +327,7 @@ class VOGN(base.PosteriorOptimizer):
         skipped = self._deterministic_indices()
         means, precisions, paths = [], [], []
         for index, ((mean, std), variable) in enumerate(zip(
-                self._mean_and_std_tensors(), self._variables())):
+                self._mean_and_std_tensors(), self._model_variables())):
             if index in skipped:
                 continue
             means.append(ops.convert_to_numpy(mean))
