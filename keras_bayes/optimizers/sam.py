@@ -21,6 +21,7 @@ the data, so the second gradient is taken by a training step:
 import keras
 from keras import ops
 
+from keras_bayes import _keras_compat
 from keras_bayes._validation import check_learning_rate
 from keras_bayes._validation import check_number
 from keras_bayes.optimizers import base
@@ -188,6 +189,7 @@ class SAM(TwoPassOptimizer, keras.optimizers.Optimizer):
             for v in var_list
         ]
 
+    # Overrides a private Keras hook (`_keras_compat.OPTIMIZER_HOOKS`).
     def _apply_weight_decay(self, variables):
         # δ is coupled (added to the gradient in `update_step`).
         return
@@ -204,14 +206,15 @@ class SAM(TwoPassOptimizer, keras.optimizers.Optimizer):
         ]
 
     def update_step(self, gradient, variable, learning_rate):
-        index = self._get_variable_index(variable)
+        index = _keras_compat.variable_index(self, variable)
         dtype = variable.dtype
         gradient = ops.cast(gradient, dtype)
         learning_rate = ops.cast(learning_rate, dtype)
         weights = ops.convert_to_tensor(variable)
         decay = (
             self.weight_decay
-            if self.weight_decay and self._use_weight_decay(variable)
+            if self.weight_decay
+            and _keras_compat.uses_weight_decay(self, variable)
             else 0.0
         )
         slot = self._momentums[index]
