@@ -30,8 +30,8 @@ import dataclasses
 
 import numpy as np
 
-from keras_bayes.optimizers.base import check_choice
-from keras_bayes.optimizers.base import check_positive_integer
+from keras_bayes._validation import check_choice
+from keras_bayes._validation import check_positive_integer
 
 SCENARIOS = ("task", "class")
 

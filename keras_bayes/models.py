@@ -2,10 +2,10 @@
 
 import keras
 
+from keras_bayes._validation import check_choice
+from keras_bayes._validation import check_number
+from keras_bayes._validation import check_positive_integer
 from keras_bayes.layers import FilterResponseNormalization
-from keras_bayes.optimizers.base import check_choice
-from keras_bayes.optimizers.base import check_number
-from keras_bayes.optimizers.base import check_positive_integer
 
 NORMALIZATIONS = ("frn", "batchnorm")
 

@@ -10,7 +10,10 @@ import numpy as np
 from keras_bayes.metrics import calibration
 
 
-def _pyplot():
+def pyplot():
+    """`matplotlib.pyplot`, set to the non-interactive "Agg" backend unless
+    one was chosen already; `ImportError` with the install command if
+    matplotlib is missing. For figures of your own next to these."""
     try:
         import matplotlib
 
@@ -34,7 +37,7 @@ def reliability_diagram(labels, probs_by_name, num_bins=15, title=None):
     Each panel shows the per-bin accuracy as bars, the gap to the diagonal
     (perfect calibration), the fraction of examples per bin, and the ECE.
     """
-    plt = _pyplot()
+    plt = pyplot()
     if not isinstance(probs_by_name, dict):
         probs_by_name = {"model": probs_by_name}
     fig, axes = plt.subplots(1, len(probs_by_name),
@@ -83,7 +86,7 @@ def uncertainty_map(predict_proba_by_name, x, y, resolution=150,
     Bright regions are uncertain (high entropy); a Bayesian model should be
     bright away from the data, not only on the decision boundary.
     """
-    plt = _pyplot()
+    plt = pyplot()
     x = np.asarray(x)
     lo, hi = x.min(axis=0) - margin, x.max(axis=0) + margin
     g0, g1 = np.meshgrid(np.linspace(lo[0], hi[0], resolution),
@@ -119,7 +122,7 @@ def continual_accuracy(matrix_by_name, task_names=None, title=None):
         task_names: optional list of T names for the legend.
         title: optional figure title.
     """
-    plt = _pyplot()
+    plt = pyplot()
     names = list(matrix_by_name)
     fig, axes = plt.subplots(1, len(names), figsize=(3.8 * len(names), 3.2),
                              squeeze=False, sharey=True)

@@ -3,7 +3,7 @@
 import numpy as np
 from keras import ops
 
-from keras_bayes.optimizers.base import check_positive_integer
+from keras_bayes._validation import check_positive_integer
 from keras_bayes.optimizers.base import unwrap_optimizer
 
 METHODS = ("posterior", "dropout")
@@ -124,9 +124,9 @@ class Predictive:
         rng = np.random.default_rng(self.seed)
         mean_and_std = [
             (ops.convert_to_numpy(mean), ops.convert_to_numpy(std))
-            for mean, std in optimizer._mean_and_std_tensors()
+            for mean, std in optimizer.posterior_mean_and_std()
         ]
-        previous = optimizer._read_model()
+        previous = optimizer.model_weights()
         try:
             out = []
             variables = optimizer.posterior_variables()
@@ -139,7 +139,7 @@ class Predictive:
                 out.append(self._predict_log(x))
             return np.stack(out)
         finally:
-            optimizer._write_into_model(previous)
+            optimizer.set_model_weights(previous)
 
     def _dropout_log_samples(self, x):
         model = self.model

@@ -16,8 +16,8 @@ learning rates are rescaled for small models, as explained there and in
 
 import keras
 
-from keras_bayes.optimizers.base import check_number
-from keras_bayes.optimizers.base import check_positive_integer
+from keras_bayes._validation import check_number
+from keras_bayes._validation import check_positive_integer
 from keras_bayes.optimizers.soba import SOBA
 
 # Variable names (Keras' `variable.name`, not the path) that the GPT-2

@@ -176,7 +176,7 @@ outside = np.abs(grid[:, 0]) > 5
 print(f"predictive std: on the data {band[inside].mean():.3f}, "
       f"in the gap {band[gap].mean():.3f}, far out {band[outside].mean():.3f}")
 
-plt = plots._pyplot()
+plt = plots.pyplot()
 fig, ax = plt.subplots(figsize=(6, 3.2))
 ax.fill_between(grid[:, 0], mean_prediction - 2 * band,
                 mean_prediction + 2 * band, alpha=0.3,

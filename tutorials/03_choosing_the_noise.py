@@ -130,7 +130,7 @@ for group, noise, label, r in rows:
 # different heights because the families have different spreads at equal c.
 
 # %%
-plt = plots._pyplot()
+plt = plots.pyplot()
 fig, ax = plt.subplots(figsize=(6, 3.2))
 for noise, std in scales.items():
     ax.hist(np.log10(std), bins=60, histtype="step", label=noise)

@@ -1,7 +1,6 @@
 """Early stopping that restores the posterior of the best epoch."""
 
 import keras
-from keras import ops
 
 from keras_bayes.optimizers.base import unwrap_optimizer
 
@@ -56,10 +55,7 @@ class EarlyStopping(keras.callbacks.EarlyStopping):
             means.get(id(variable), value)
             for variable, value in zip(self.model.weights, self.best_weights)
         ]
-        self._best_posterior = {
-            name: [ops.convert_to_numpy(slot) for slot in slots]
-            for name, slots in optimizer._state.items()
-        }
+        self._best_posterior = optimizer.posterior_state()
 
     def on_train_end(self, logs=None):
         super().on_train_end(logs)
@@ -67,6 +63,4 @@ class EarlyStopping(keras.callbacks.EarlyStopping):
         if (not self.restore_best_weights or optimizer is None
                 or self._best_posterior is None):
             return
-        for name, values in self._best_posterior.items():
-            for slot, value in zip(optimizer._state[name], values):
-                slot.assign(value)
+        optimizer.set_posterior_state(self._best_posterior)

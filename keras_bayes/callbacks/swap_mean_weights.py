@@ -55,12 +55,12 @@ class SwapMeanWeights(keras.callbacks.Callback):
     def _put_mean(self):
         optimizer = self._optimizer()
         if self._saved_sample is None and optimizer.built:
-            self._saved_sample = optimizer._read_model()
-            optimizer._write_into_model(optimizer._mean_values())
+            self._saved_sample = optimizer.model_weights()
+            optimizer.set_model_weights(optimizer.posterior_mean())
 
     def _put_sample_back(self):
         if self._saved_sample is not None:
-            self._optimizer()._write_into_model(self._saved_sample)
+            self._optimizer().set_model_weights(self._saved_sample)
             self._saved_sample = None
 
     def on_test_begin(self, logs=None):

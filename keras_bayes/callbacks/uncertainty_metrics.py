@@ -3,8 +3,8 @@
 import keras
 import numpy as np
 
+from keras_bayes._validation import check_positive_integer
 from keras_bayes.metrics.report import evaluate_uncertainty
-from keras_bayes.optimizers.base import check_positive_integer
 from keras_bayes.optimizers.base import unwrap_optimizer
 from keras_bayes.predictive import Predictive
 

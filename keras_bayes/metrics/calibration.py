@@ -44,10 +44,10 @@ mean confidence in bin b.
 
 import numpy as np
 
-from keras_bayes.metrics._checks import check_choice
-from keras_bayes.metrics._checks import check_labels_probs
-from keras_bayes.metrics._checks import check_positive_int
-from keras_bayes.metrics._checks import comparison_dtype
+from keras_bayes._validation import check_choice
+from keras_bayes._validation import check_labels_probs
+from keras_bayes._validation import check_positive_integer
+from keras_bayes._validation import comparison_dtype
 
 BINNINGS = ("width", "mass")
 
@@ -79,14 +79,14 @@ def brier_score(labels, probs):
 
 def equal_width_edges(num_bins, dtype=np.float64):
     """[0, 1/B, ..., 1] as float64, each rounded to `dtype` first."""
-    num_bins = check_positive_int(num_bins, "num_bins")
+    num_bins = check_positive_integer("num_bins", num_bins)
     nominal = np.arange(num_bins + 1, dtype=np.float64) / num_bins
     return nominal.astype(dtype).astype(np.float64)
 
 
 def equal_mass_edges(confidence, num_bins):
     """Edges [0, c_(m_1), ..., c_(m_{B-1}), 1] with m_b = ceil(b·n/B)."""
-    num_bins = check_positive_int(num_bins, "num_bins")
+    num_bins = check_positive_integer("num_bins", num_bins)
     ordered = np.sort(np.asarray(confidence, dtype=np.float64))
     n = ordered.shape[0]
     ranks = [-(-b * n // num_bins) for b in range(1, num_bins)]  # ceil
@@ -118,8 +118,8 @@ def calibration_bins(labels, probs, num_bins=15, binning="width"):
         (conf_b, mean confidence in the bin; 0 if empty), and `edges` of
         length B + 1 (nominal b / B for "width"; data quantiles for "mass").
     """
-    num_bins = check_positive_int(num_bins, "num_bins")
-    check_choice(binning, "binning", BINNINGS)
+    num_bins = check_positive_integer("num_bins", num_bins)
+    check_choice("binning", binning, BINNINGS)
     dtype = comparison_dtype(probs)
     labels, probs = _check(labels, probs)
     confidence = probs.max(axis=1)

@@ -29,9 +29,9 @@ per distinct score threshold) whose TPR is >= 0.95.
 
 import numpy as np
 
-from keras_bayes.metrics._checks import check_choice
-from keras_bayes.metrics._checks import check_labels
-from keras_bayes.metrics._checks import check_probs
+from keras_bayes._validation import check_choice
+from keras_bayes._validation import check_labels
+from keras_bayes._validation import check_probs
 from keras_bayes.metrics.ranking import auroc
 from keras_bayes.metrics.ranking import average_precision
 from keras_bayes.metrics.ranking import fpr_at_tpr
@@ -87,7 +87,7 @@ def misclassification_detection(labels, probs, score="max_prob"):
         undefined and are returned as NaN (no error is raised, since that
         is an outcome rather than bad input).
     """
-    check_choice(score, "score", SCORES)
+    check_choice("score", score, SCORES)
     predictive, samples = _predictive_and_samples(probs, "probs", score)
     labels = check_labels(labels, *predictive.shape)
     correct = predictive.argmax(axis=1) == labels
@@ -127,7 +127,7 @@ def ood_detection(probs_in, probs_out, score="entropy"):
         score); `fpr_at_95_tpr` (fraction of in-distribution examples
         flagged when 95% of the OOD examples are flagged); `score` (name).
     """
-    check_choice(score, "score", SCORES)
+    check_choice("score", score, SCORES)
     pred_in, samples_in = _predictive_and_samples(probs_in, "probs_in", score)
     pred_out, samples_out = _predictive_and_samples(
         probs_out, "probs_out", score)

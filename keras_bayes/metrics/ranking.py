@@ -15,8 +15,8 @@ import numbers
 
 import numpy as np
 
-from keras_bayes.metrics._checks import check_binary_targets
-from keras_bayes.metrics._checks import check_scores
+from keras_bayes._validation import check_binary_targets
+from keras_bayes._validation import check_scores
 
 
 def _check_targets_scores(targets, scores):

@@ -12,7 +12,7 @@ from statistics import NormalDist
 
 import numpy as np
 
-from keras_bayes.metrics._checks import check_real_array
+from keras_bayes._validation import check_real_array
 
 
 def _check_gaussian(targets, mean, var):

@@ -28,7 +28,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from keras_bayes.metrics._checks import check_positive_int
+from keras_bayes._validation import check_positive_integer
 from keras_bayes.metrics.calibration import equal_width_edges
 
 
@@ -122,7 +122,7 @@ class ExpectedCalibrationError(keras.metrics.Metric):
     def __init__(self, num_bins=15, from_logits=False, name="ece",
                  dtype=None):
         super().__init__(name=name, dtype=dtype)
-        self.num_bins = check_positive_int(num_bins, "num_bins")
+        self.num_bins = check_positive_integer("num_bins", num_bins)
         self.from_logits = bool(from_logits)
         self._interior_edges = equal_width_edges(
             self.num_bins, np.dtype(self.dtype))[1:-1]

@@ -17,7 +17,7 @@ summing to 1 within 1e-3; never renormalised).
 
 import numpy as np
 
-from keras_bayes.metrics._checks import check_probs
+from keras_bayes._validation import check_probs
 
 
 def entropy_of_rows(probs):

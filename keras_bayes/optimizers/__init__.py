@@ -6,6 +6,7 @@ from keras_bayes.optimizers.lie_group import LieAdditive
 from keras_bayes.optimizers.lie_group import LieAffine
 from keras_bayes.optimizers.lie_group import LieGroupBLR
 from keras_bayes.optimizers.lie_group import LieMultiplicative
+from keras_bayes.optimizers.lie_group import lie_group_blr
 from keras_bayes.optimizers.sam import SAM
 from keras_bayes.optimizers.sam import TwoPassOptimizer
 from keras_bayes.optimizers.soba import IVON
@@ -15,4 +16,4 @@ from keras_bayes.optimizers.vogn import VOGN
 __all__ = ["BSAM", "IVON", "PosteriorOptimizer", "SAM", "SOBA",
            "TwoPassOptimizer"]
 __all__ += ["LieAdditive", "LieAffine", "LieGroupBLR", "LieMultiplicative",
-            "VOGN"]
+            "VOGN", "lie_group_blr"]

@@ -13,258 +13,65 @@ posterior, and writes the next sample into the variables. At the end of `fit`
 `evaluate`, `predict` and `save` after `fit` see the mean. During `fit`,
 `keras_bayes.callbacks.SwapMeanWeights` makes validation run at the mean.
 
-Keras private API used here (present in Keras 3.15, the minimum version pinned
-in `pyproject.toml`): `BaseOptimizer._track_variable`,
-`_get_variable_index`, `_use_weight_decay`, `_apply_weight_decay`,
-`_backend_update_step` and `_trainable_variables`.
+The module is split by job:
+
+- `keras_bayes._validation`: argument checks (re-exported here);
+- `keras_bayes.optimizers.updates`: pure tensor functions of a step
+  (finiteness, the centred prior, flattening for the fused path);
+- `keras_bayes.optimizers.prior`: the `prior=` argument and its slot values;
+- `keras_bayes.backend`: the per-backend pieces (fused copies, raising from
+  a compiled step, replica agreement), chosen once;
+- this module: `PosteriorOptimizer`, the slot bookkeeping, both update paths
+  and the public posterior and weight API.
+
+Private Keras API goes through `keras_bayes._keras_compat`.
 """
 
 import contextlib
-import math
-import os
-import numbers
 
 import keras
 import numpy as np
 from keras import ops
 
+from keras_bayes import _keras_compat
+from keras_bayes import backend
+from keras_bayes._validation import check_choice
+from keras_bayes._validation import check_learning_rate
+from keras_bayes._validation import check_number
+from keras_bayes._validation import check_positive_integer
+from keras_bayes._validation import check_seed
+from keras_bayes.optimizers.prior import as_prior
+from keras_bayes.optimizers.prior import prior_slot_values
+from keras_bayes.optimizers.updates import NONFINITE_CHOICES
+from keras_bayes.optimizers.updates import all_finite
+from keras_bayes.optimizers.updates import centred_update
+from keras_bayes.optimizers.updates import flatten
+from keras_bayes.optimizers.updates import keep_if_finite
+from keras_bayes.optimizers.updates import poison_unless
+from keras_bayes.optimizers.updates import variable_size
 from keras_bayes.posterior import Posterior
 from keras_bayes.posterior import PriorSpec
+from keras_bayes.training.contract import inner_optimizer
 
+# Names other modules import from here.
+__all__ = [
+    "NONFINITE_CHOICES", "PosteriorOptimizer",
+    "all_finite", "centred_update", "check_choice", "check_learning_rate",
+    "check_number", "check_positive_integer",
+    "unwrap_optimizer",
+]
 
-def check_number(name, value, low=None, high=None, low_open=False,
-                 high_open=False, allow_inf=False):
-    """Raise a `ValueError` naming `name` unless `value` lies in the range.
-
-    Returns the value as a Python float.
-    """
-    def describe():
-        left = "(" if low_open else "["
-        right = ")" if high_open else "]"
-        lo = "-inf" if low is None else repr(low)
-        hi = "inf" if high is None else repr(high)
-        return f"{left}{lo}, {hi}{right}"
-
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise ValueError(
-            f"`{name}` must be a real number in {describe()}. "
-            f"Received: {name}={value!r}"
-        )
-    value = float(value)
-    if math.isnan(value) or (math.isinf(value) and not allow_inf):
-        raise ValueError(
-            f"`{name}` must be a finite number in {describe()}. "
-            f"Received: {name}={value!r}"
-        )
-    too_low = low is not None and (value <= low if low_open else value < low)
-    too_high = high is not None and (
-        value >= high if high_open else value > high
-    )
-    if too_low or too_high:
-        raise ValueError(
-            f"`{name}` must be in {describe()}. Received: {name}={value!r}"
-        )
-    return value
-
-
-def check_positive_integer(name, value):
-    """Raise a `ValueError` naming `name` unless `value` is an int >= 1."""
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, numbers.Integral)
-        or value < 1
-    ):
-        raise ValueError(
-            f"`{name}` must be an integer >= 1. Received: {name}={value!r}"
-        )
-    return int(value)
-
-
-def check_choice(name, value, choices):
-    if value not in choices:
-        raise ValueError(
-            f"`{name}` must be one of {sorted(choices)}. "
-            f"Received: {name}={value!r}"
-        )
-    return value
-
-
-def check_learning_rate(learning_rate):
-    """Numbers must be >= 0; schedules and callables pass through."""
-    if isinstance(learning_rate, numbers.Real):
-        check_number("learning_rate", learning_rate, low=0.0)
-    return learning_rate
-
-
-def _size(variable):
-    return int(np.prod(tuple(variable.shape), dtype=np.int64))
-
-
-def _flatten(tensors):
-    return ops.concatenate(
-        [ops.reshape(ops.convert_to_tensor(t), (-1,)) for t in tensors], 0
-    )
-
-
-def _single_device():
-    """True unless a tf.distribute strategy or keras.distribution is set."""
-    if keras.distribution.distribution() is not None:
-        return False
-    if keras.backend.backend() == "tensorflow":
-        import tensorflow as tf
-
-        return not tf.distribute.has_strategy()
-    return True
-
-
-NONFINITE_CHOICES = ("skip", "raise")
-
-
-def all_finite(grads):
-    """A boolean scalar: every entry of every (non-None) gradient is finite.
-
-    `grads` may be nested (e.g. one gradient list per pass of a step).
-    """
-    checks = [ops.all(ops.isfinite(g)) for g in keras.tree.flatten(grads)
-              if g is not None]
-    if not checks:
-        return ops.convert_to_tensor(True)
-    return ops.all(ops.stack(checks))
-
-
-def _agree_across_replicas(finite):
-    """On a tf.distribute replica, False if any replica saw a bad gradient.
-
-    Keras all-reduces the gradients after this check runs, so one replica's
-    NaN reaches every replica's update: every replica must skip.
-    """
-    if keras.backend.backend() != "tensorflow":
-        return finite
-    import tensorflow as tf
-
-    if (not tf.distribute.has_strategy()
-            or tf.distribute.in_cross_replica_context()):
-        return finite
-    bad = ops.cast(ops.logical_not(finite), "float32")
-    bad = tf.distribute.get_replica_context().all_reduce(
-        tf.distribute.ReduceOp.SUM, bad)
-    return ops.equal(bad, 0.0)
-
-
-def _raise_unless(finite, message):
-    """Raise FloatingPointError from inside a (compiled) step if not finite.
-
-    The update has already been skipped when this runs, so the posterior is
-    intact whichever backend raises and however late.
-    """
-    backend = keras.backend.backend()
-    if backend == "torch":
-        # One host sync per step; only in the opt-in "raise" mode.
-        if not bool(finite):
-            raise FloatingPointError(message)
-    elif backend == "tensorflow":
-        import tensorflow as tf
-
-        tf.debugging.Assert(finite, [message])
-    elif backend == "jax":
-        import jax
-
-        if isinstance(finite, jax.core.Tracer):
-            # An error raised while a jitted step runs leaves the model and
-            # optimizer state donated to it deleted: the posterior would be
-            # lost, which is what this option exists to prevent.
-            raise ValueError(
-                "nonfinite_gradients='raise' cannot raise from inside a "
-                "compiled JAX training step without losing the training "
-                "state. Use nonfinite_gradients='skip' (and read "
-                "`optimizer.nonfinite_steps`), or `run_eagerly=True`.")
-        if not bool(finite):
-            raise FloatingPointError(message)
-
-
-def _as_prior(prior):
-    if prior is None or isinstance(prior, (Posterior, PriorSpec)):
-        return prior
-    if isinstance(prior, dict):
-        return PriorSpec(**prior)
-    if isinstance(prior, str):
-        if not (prior.endswith(".npz") and os.path.isfile(prior)):
-            raise ValueError(
-                "`prior` given as a path must name an existing .npz file "
-                f"written by `Posterior.save`. Received: prior={prior!r}"
-            )
-        return Posterior.load(prior)
-    raise ValueError(
-        "`prior` must be a keras_bayes.Posterior (e.g. "
-        "`optimizer.posterior()` of an earlier task), the path of a "
-        f"Posterior saved as .npz, or None. Received: prior={prior!r}"
-    )
-
-
-def centred_update(update, center, gradient, sample, state, learning_rate,
-                   weight_decay):
-    """`update` with the prior centred on `center` instead of 0.
-
-    Every keras_bayes update is equivariant under a shift of the weights
-    except for its prior term δ·m; running it on θ − c and m − c and shifting
-    the new mean back turns that term into δ·(m − c), the gradient of the
-    prior N(c, 1/(λδ)), and leaves the rest unchanged.
-    """
-    if center is None:
-        return update(gradient, sample, state, learning_rate, weight_decay)
-    state = dict(state)
-    state["mean"] = state["mean"] - center
-    new_state, std = update(gradient, sample - center, state, learning_rate,
-                            weight_decay)
-    new_state = dict(new_state)
-    new_state["mean"] = new_state["mean"] + center
-    return new_state, std
-
-
-def mean_gradients(gradient_lists):
-    """The elementwise mean of several gradient lists (None stays None)."""
-    out = []
-    for grads in zip(*gradient_lists):
-        present = [g for g in grads if g is not None]
-        if not present:
-            out.append(None)
-            continue
-        total = present[0]
-        for g in present[1:]:
-            total = total + g
-        out.append(total / float(len(grads)))
-    return out
-
-
-class PassStepContext:
-    """The flag `keras_bayes.training.TwoPassModel` sets around its step.
-
-    Optimizers that need more than the one gradient Keras' own training step
-    gives (SAM, bSAM, SOBA with `mc_samples` > 1) refuse `apply` outside
-    `two_pass_step()`, so that without the wrapper they raise instead of
-    silently training something else.
-    """
-
-    _two_pass_active = False
-
-    @contextlib.contextmanager
-    def two_pass_step(self):
-        """Context in which `apply` is allowed (entered by `TwoPassModel`).
-
-        It is a Python flag, set while the training step is traced or run.
-        Enter it yourself only if you write your own multi-pass step.
-        """
-        previous = self._two_pass_active
-        self._two_pass_active = True
-        try:
-            yield
-        finally:
-            self._two_pass_active = previous
+#: Added to `seed` for the generator of `draw_posterior_sample` and
+#: `sampled_weights`. Prediction gets a generator of its own so that sampling
+#: for prediction never advances (or replays) the training noise; the offset
+#: is a large prime so that its stream also differs from the training
+#: streams of nearby seeds (seed + 1, seed + 2, ...) of a seed sweep.
+PREDICTION_SEED_OFFSET = 7919
 
 
 def unwrap_optimizer(optimizer):
     """The keras_bayes optimizer inside a `LossScaleOptimizer`, or None."""
-    optimizer = getattr(optimizer, "inner_optimizer", optimizer)
+    optimizer = inner_optimizer(optimizer)
     return optimizer if isinstance(optimizer, PosteriorOptimizer) else None
 
 
@@ -272,8 +79,8 @@ class PosteriorOptimizer(keras.optimizers.Optimizer):
     """Base class for keras_bayes optimizers that hold a posterior.
 
     A subclass names its per-weight state in `state_names` (the first entry is
-    always `"mean"`), creates the non-mean slots in `_init_state` and
-    implements two pure functions of tensors:
+    always `"mean"`), gives the slots' initial values in `_state_initializer`
+    and implements two pure functions of tensors:
 
     - `_posterior_update(gradient, sample, state, learning_rate,
       weight_decay)` returns the new state (a dict) and the standard
@@ -282,10 +89,21 @@ class PosteriorOptimizer(keras.optimizers.Optimizer):
       of the current posterior.
 
     Everything Keras-facing lives here: slot bookkeeping, the lazy
-    initialisation of the mean, drawing the next sample, writing the mean back
-    at the end of `fit`, the public posterior API, and a fused update path on
-    the torch backend that runs the same `_posterior_update` once over all
-    weights instead of once per variable.
+    initialisation of the mean (`_current_mean`), drawing the next sample,
+    writing the mean back at the end of `fit`, the public posterior and
+    weight API, and a fused update path (the default on torch) that runs the
+    same `_posterior_update` once over all weights instead of once per
+    variable. The pure pieces of the update are in
+    `keras_bayes.optimizers.updates`, the prior in
+    `keras_bayes.optimizers.prior`, what differs between backends in
+    `keras_bayes.backend`.
+
+    Public weight API (for `Predictive`, callbacks and user code):
+    `posterior_variables()`, `model_weights()`, `set_model_weights(values)`,
+    `posterior_mean()`, `posterior_std()`, `posterior_mean_and_std()`,
+    `posterior_state()`, `set_posterior_state(state)`, `posterior()`,
+    `draw_posterior_sample(seed)`, and the context managers `mean_weights()`
+    and `sampled_weights(seed)`.
 
     Args:
         learning_rate: float, `LearningRateSchedule` or callable.
@@ -336,6 +154,10 @@ class PosteriorOptimizer(keras.optimizers.Optimizer):
 
     state_names = ("mean",)
 
+    #: The effective sample size λ that scales a `prior=` Posterior's
+    #: precision; subclasses that support `prior=` set it in `__init__`.
+    ess = None
+
     def __init__(self, learning_rate, weight_decay=0.0, seed=None,
                  fused_update=None, prior=None, prior_strength=1.0,
                  nonfinite_gradients="skip", no_decay_names=None, name=None,
@@ -354,12 +176,7 @@ class PosteriorOptimizer(keras.optimizers.Optimizer):
         check_choice("nonfinite_gradients", nonfinite_gradients,
                      NONFINITE_CHOICES)
         check_learning_rate(learning_rate)
-        if seed is not None and (
-            isinstance(seed, bool) or not isinstance(seed, numbers.Integral)
-        ):
-            raise ValueError(
-                f"`seed` must be an integer or None. Received: seed={seed!r}"
-            )
+        check_seed(seed)
         super().__init__(
             learning_rate=learning_rate,
             weight_decay=float(weight_decay),
@@ -367,21 +184,17 @@ class PosteriorOptimizer(keras.optimizers.Optimizer):
             **kwargs,
         )
         self.seed = seed
-        self.fused_update = None if fused_update is None else bool(fused_update)
-        self.prior = _as_prior(prior)
+        self.fused_update = (None if fused_update is None
+                             else bool(fused_update))
+        self.prior = as_prior(prior)
         self.prior_strength = check_number(
             "prior_strength", prior_strength, low=0.0, low_open=True)
         # Set when the prior's values come from a config (paths and shapes
         # only) and have not been loaded yet.
         self._prior_values_missing = False
         self.nonfinite_gradients = nonfinite_gradients
-        # The step's "all gradients finite" flag while an update is traced.
-        self._gradients_finite = None
-        # Measured on CPU: a clear gain on torch (kernel launches, and one
-        # host sync per random call), none on JAX or TensorFlow, whose
-        # compilers already fuse the per-variable updates.
         self._fuse = (
-            keras.backend.backend() == "torch"
+            backend.fuse_updates_by_default()
             if fused_update is None else bool(fused_update)
         )
         # The generator's state must be an optimizer variable: on JAX only
@@ -390,7 +203,7 @@ class PosteriorOptimizer(keras.optimizers.Optimizer):
         self._seed_generator = keras.random.SeedGenerator(
             seed, name="posterior_noise_seed"
         )
-        self._track_variable(self._seed_generator.state)
+        _keras_compat.track_variable(self, self._seed_generator.state)
         self._prediction_seed_generator = None
         self.no_decay_names = ()
         if no_decay_names:
@@ -443,8 +256,7 @@ class PosteriorOptimizer(keras.optimizers.Optimizer):
 
     def _build_prior(self, var_list):
         """Slots with the prior's centre m₀ and per-example precision δ."""
-        ess = getattr(self, "ess", None)
-        if ess is None:
+        if self.ess is None:
             raise ValueError(
                 f"{type(self).__name__} does not support `prior`: it has no "
                 "effective sample size `ess` to scale the prior by."
@@ -453,13 +265,9 @@ class PosteriorOptimizer(keras.optimizers.Optimizer):
         self._prior_values_missing = isinstance(self.prior, PriorSpec)
         self._prior_slots = {"mean": [], "precision": []}
         for variable, match in zip(var_list, matches):
-            if match is None:
-                center = np.zeros(tuple(variable.shape), "float32")
-                delta = np.full(tuple(variable.shape),
-                                self._weight_decay_for(variable), "float32")
-            else:
-                center = match[0]
-                delta = self.prior_strength * match[1] / ess
+            center, delta = prior_slot_values(
+                match, tuple(variable.shape), self._weight_decay_for(variable),
+                self.prior_strength, self.ess)
             for name, value in (("mean", center), ("precision", delta)):
                 self._prior_slots[name].append(
                     self.add_variable_from_reference(
@@ -507,16 +315,10 @@ class PosteriorOptimizer(keras.optimizers.Optimizer):
         trainable_variables = list(trainable_variables)
         if not self.built:
             self.build(trainable_variables)
-        first = self._before_first_update()
         points = []
         for variable in trainable_variables:
-            index = self._get_variable_index(variable)
-            sample = ops.convert_to_tensor(variable)
-            state = {
-                name: ops.convert_to_tensor(slots[index])
-                for name, slots in self._state.items()
-            }
-            state["mean"] = ops.where(first, sample, state["mean"])
+            index = _keras_compat.variable_index(self, variable)
+            state = self._read_state(index, ops.convert_to_tensor(variable))
             weight_decay, _ = self._prior_terms(index, variable)
             std = self._posterior_std(state, weight_decay)
             points.append(state["mean"] + std * keras.random.normal(
@@ -529,8 +331,8 @@ class PosteriorOptimizer(keras.optimizers.Optimizer):
 
         Every slot starts from a constant. The mean slot is not read before
         the first update: until then the mean is the variable itself (see
-        `_before_first_update`). Initialising it from the variable instead
-        would fail under `jit_compile=True` on TensorFlow, which builds the
+        `_current_mean`). Initialising it from the variable instead would
+        fail under `jit_compile=True` on TensorFlow, which builds the
         optimizer while the first step is traced and cannot lift a variable
         whose initial value depends on the trace out to XLA.
         """
@@ -545,6 +347,28 @@ class PosteriorOptimizer(keras.optimizers.Optimizer):
         """
         return ops.equal(self.iterations, 0)
 
+    def _current_mean(self, stored_mean, sample):
+        """The posterior mean: `sample` before the first update, else the
+        stored mean.
+
+        Before the first update the mean follows the variable (`sample`, its
+        value), so weights loaded after `build`, or broadcast by a
+        distributed wrapper, count. `stored_mean` is the mean slot (a
+        variable or tensor) or a flat concatenation of several, `sample`
+        the matching variable value(s) of the same shape.
+        """
+        return ops.where(self._before_first_update(), sample,
+                         ops.convert_to_tensor(stored_mean))
+
+    def _read_state(self, index, sample):
+        """The state of variable `index` as tensors, with the current mean."""
+        state = {
+            name: ops.convert_to_tensor(slots[index])
+            for name, slots in self._state.items()
+        }
+        state["mean"] = self._current_mean(state["mean"], sample)
+        return state
+
     # ------------------------------------------------------------------
     # The update.
 
@@ -555,27 +379,17 @@ class PosteriorOptimizer(keras.optimizers.Optimizer):
     def _posterior_std(self, state, weight_decay):
         raise NotImplementedError
 
+    # Overrides a private Keras hook (`_keras_compat.OPTIMIZER_HOOKS`).
     def _apply_weight_decay(self, variables):
         # δ is the prior precision and acts inside `_posterior_update`;
         # Keras' decoupled decay would shrink the sample, not the mean.
         return
 
     def _weight_decay_for(self, variable):
-        if not self.weight_decay or not self._use_weight_decay(variable):
+        if not self.weight_decay or not _keras_compat.uses_weight_decay(
+                self, variable):
             return 0.0
         return self.weight_decay
-
-    def _read_state(self, index, sample):
-        state = {
-            name: ops.convert_to_tensor(slots[index])
-            for name, slots in self._state.items()
-        }
-        # Before the first step the mean follows the variable, so weights
-        # loaded after `build` (or broadcast by a distributed wrapper) count.
-        state["mean"] = ops.where(
-            self._before_first_update(), sample, state["mean"]
-        )
-        return state
 
     def _training_noise(self, shape, dtype, seed=None):
         """Unit base noise of the next training sample (Gaussian here)."""
@@ -583,53 +397,68 @@ class PosteriorOptimizer(keras.optimizers.Optimizer):
             shape, dtype=dtype,
             seed=self._seed_generator if seed is None else seed)
 
-    def _keep_if_finite(self, new_state, new_sample, state, sample):
-        """The old state and sample instead of the new ones after a step
-        whose gradients were not all finite."""
-        finite = self._gradients_finite
-        if finite is None:
-            return new_state, new_sample
-        kept = {name: ops.where(finite, value, state[name])
-                for name, value in new_state.items()}
-        return kept, ops.where(finite, new_sample, sample)
+    def _next_state_and_sample(self, gradient, sample, state, learning_rate,
+                               weight_decay, center, shape, dtype, finite):
+        """(new state, next sample) of one variable or one flat group.
 
-    def update_step(self, gradient, variable, learning_rate):
-        index = self._get_variable_index(variable)
-        dtype = variable.dtype
-        sample = ops.convert_to_tensor(variable)
-        gradient = ops.cast(gradient, dtype)
-        learning_rate = ops.cast(learning_rate, dtype)
-        state = self._read_state(index, sample)
-        weight_decay, center = self._prior_terms(index, variable)
+        The update runs with the prior centred on `center`; the next sample
+        is mean + multiplier·noise; where `finite` is False both stay as
+        they were.
+        """
         new_state, noise_scale = centred_update(
             self._posterior_update, center, gradient, sample, state,
             learning_rate, weight_decay,
         )
         new_sample = new_state["mean"] + noise_scale * self._training_noise(
-            tuple(variable.shape), dtype)
-        new_state, new_sample = self._keep_if_finite(
-            new_state, new_sample, state, sample)
+            shape, dtype)
+        return keep_if_finite(finite, new_state, new_sample, state, sample)
+
+    def update_step(self, gradient, variable, learning_rate):
+        """Keras' per-variable hook, called by Keras itself only under a
+        distribution, where `_backend_update_step` has already made every
+        gradient of a bad step NaN: a step skips when its own gradient is
+        not finite."""
+        self._update_variable(gradient, variable, learning_rate,
+                              all_finite([gradient]))
+
+    def _update_variable(self, gradient, variable, learning_rate, finite):
+        """Update the posterior of one variable and write its next sample
+        (unless `finite` is False)."""
+        index = _keras_compat.variable_index(self, variable)
+        dtype = variable.dtype
+        sample = ops.convert_to_tensor(variable)
+        state = self._read_state(index, sample)
+        weight_decay, center = self._prior_terms(index, variable)
+        new_state, new_sample = self._next_state_and_sample(
+            ops.cast(gradient, dtype), sample, state,
+            ops.cast(learning_rate, dtype), weight_decay, center,
+            tuple(variable.shape), dtype, finite)
         for name, value in new_state.items():
             self.assign(self._state[name][index], value)
         self.assign(variable, new_sample)
 
+    # Overrides a private Keras hook (`_keras_compat.OPTIMIZER_HOOKS`): it
+    # runs after gradient clipping and accumulation, once per step.
     def _backend_update_step(self, grads, trainable_variables, learning_rate):
         self._pin_mean_of_skipped(trainable_variables)
-        finite = _agree_across_replicas(all_finite(grads))
+        finite = backend.agree_across_replicas(all_finite(grads))
         self._nonfinite_steps.assign_add(
             ops.cast(ops.logical_not(finite), "int32"))
-        self._gradients_finite = finite
-        try:
-            if self._fuse and _single_device():
-                self._fused_update_step(
-                    grads, trainable_variables, learning_rate)
-            else:
-                super()._backend_update_step(
-                    grads, trainable_variables, learning_rate)
-        finally:
-            self._gradients_finite = None
+        if not backend.single_device():
+            # Sharded or mirrored variables: Keras dispatches the
+            # per-variable `update_step`s (and all-reduces the gradients).
+            super()._backend_update_step(
+                poison_unless(finite, grads), trainable_variables,
+                learning_rate)
+        elif self._fuse:
+            self._fused_update_step(grads, trainable_variables,
+                                    learning_rate, finite)
+        else:
+            for gradient, variable in zip(grads, trainable_variables):
+                self._update_variable(gradient, variable, learning_rate,
+                                      finite)
         if self.nonfinite_gradients == "raise":
-            _raise_unless(finite, (
+            backend.raise_unless(finite, (
                 f"{type(self).__name__}: a gradient holds NaN or Inf; the "
                 "step was skipped and the posterior is unchanged "
                 "(nonfinite_gradients='raise')."))
@@ -645,18 +474,18 @@ class PosteriorOptimizer(keras.optimizers.Optimizer):
         their own value as mean at the first update: their mean slot is
         never written otherwise, and `fit` ends by writing the mean."""
         updated = {id(v) for v in updated}
-        skipped = [(i, v) for i, v in enumerate(self._trainable_variables)
-                   if id(v) not in updated]
-        if not skipped:
-            return
-        first = self._before_first_update()
+        skipped = [
+            (i, v) for i, v in enumerate(
+                _keras_compat.optimizer_variables_built_for(self))
+            if id(v) not in updated
+        ]
         for index, variable in skipped:
             slot = self._state["mean"][index]
-            self.assign(slot, ops.where(first, ops.convert_to_tensor(variable),
-                                        ops.convert_to_tensor(slot)))
+            self.assign(slot, self._current_mean(
+                slot, ops.convert_to_tensor(variable)))
 
-    def _fused_update_step(self, grads, variables, learning_rate):
-        """One flat `_posterior_update` per (dtype, weight decay) group.
+    def _fused_update_step(self, grads, variables, learning_rate, finite):
+        """One flat update per (dtype, weight decay) group.
 
         Updating per variable costs ~25 small ops and one random draw per
         variable; on a single device the same update runs once over the
@@ -669,56 +498,31 @@ class PosteriorOptimizer(keras.optimizers.Optimizer):
                    else self._weight_decay_for(variable))
             groups.setdefault(key, []).append((gradient, variable))
         for (dtype, weight_decay), members in groups.items():
-            indices = [self._get_variable_index(v) for _, v in members]
+            indices = [_keras_compat.variable_index(self, v)
+                       for _, v in members]
             targets = [v for _, v in members]
-            sample = _flatten(targets)
-            gradient = _flatten([ops.cast(g, dtype) for g, _ in members])
+            sample = flatten(targets)
+            gradient = flatten([ops.cast(g, dtype) for g, _ in members])
             state = {
-                name: _flatten([slots[i] for i in indices])
+                name: flatten([slots[i] for i in indices])
                 for name, slots in self._state.items()
             }
-            state["mean"] = ops.where(
-                self._before_first_update(), sample, state["mean"]
-            )
+            state["mean"] = self._current_mean(state["mean"], sample)
             center = None
             if self._prior_slots:
-                weight_decay = _flatten(
+                weight_decay = flatten(
                     [self._prior_slots["precision"][i] for i in indices])
-                center = _flatten(
+                center = flatten(
                     [self._prior_slots["mean"][i] for i in indices])
-            new_state, noise_scale = centred_update(
-                self._posterior_update, center, gradient, sample, state,
-                ops.cast(learning_rate, dtype), weight_decay,
-            )
-            noise = self._training_noise(
-                (sum(_size(v) for v in targets),), dtype)
-            new_state, new_sample = self._keep_if_finite(
-                new_state, new_state["mean"] + noise_scale * noise, state,
-                sample)
-            self._assign_flat(targets, new_sample)
+            new_state, new_sample = self._next_state_and_sample(
+                gradient, sample, state, ops.cast(learning_rate, dtype),
+                weight_decay, center,
+                (sum(variable_size(v) for v in targets),), dtype, finite)
+            backend.assign_flat(self.assign, targets, new_sample)
             for name, value in new_state.items():
-                self._assign_flat([self._state[name][i] for i in indices],
-                                  value)
-
-    def _assign_flat(self, variables, flat):
-        if keras.backend.backend() == "torch":
-            # One fused copy instead of a Python loop of `assign`s.
-            import torch
-
-            targets = [v.value for v in variables]
-            pieces = torch.split(flat, [t.numel() for t in targets])
-            with torch.no_grad():
-                torch._foreach_copy_(
-                    targets,
-                    [p.view(t.shape) for p, t in zip(pieces, targets)],
-                )
-            return
-        offset = 0
-        for variable in variables:
-            size = _size(variable)
-            self.assign(variable, ops.reshape(
-                flat[offset:offset + size], tuple(variable.shape)))
-            offset += size
+                backend.assign_flat(
+                    self.assign, [self._state[name][i] for i in indices],
+                    value)
 
     def finalize_variable_values(self, var_list):
         """Write the posterior mean into the model (called at `fit` end)."""
@@ -726,16 +530,12 @@ class PosteriorOptimizer(keras.optimizers.Optimizer):
         # On JAX, when a training step fails while it is traced, `fit` still
         # calls this method with the optimizer's state detached from its
         # variables; reading the mean would then hide the original error.
-        # Private API (Keras 3.15): `Variable._value` is None while the JAX
-        # trainer holds the state.
-        if keras.backend.backend() == "jax" and any(
-            getattr(m, "_value", 0) is None for m in self._state["mean"]
-        ):
+        if backend.optimizer_state_detached(self._state["mean"]):
             return
-        self._write_into_model(self._mean_values())
+        self._write_weights(self._mean_values())
 
     # ------------------------------------------------------------------
-    # Public posterior API.
+    # Public posterior and weight API.
 
     def _check_built(self):
         if not self.built:
@@ -745,6 +545,9 @@ class PosteriorOptimizer(keras.optimizers.Optimizer):
                 "variables)`)."
             )
 
+    def _model_variables(self):
+        return _keras_compat.optimizer_variables_built_for(self)
+
     def _mean_values(self):
         return [ops.convert_to_numpy(mean)
                 for mean, _ in self._mean_and_std_tensors()]
@@ -752,14 +555,8 @@ class PosteriorOptimizer(keras.optimizers.Optimizer):
     def _mean_and_std_tensors(self):
         """(mean, std) backend tensors per variable, std at full shape."""
         out = []
-        first = self._before_first_update()
-        for index, variable in enumerate(self._trainable_variables):
-            state = {
-                name: ops.convert_to_tensor(slots[index])
-                for name, slots in self._state.items()
-            }
-            state["mean"] = ops.where(first, ops.convert_to_tensor(variable),
-                                      state["mean"])
+        for index, variable in enumerate(self._model_variables()):
+            state = self._read_state(index, ops.convert_to_tensor(variable))
             weight_decay, _ = self._prior_terms(index, variable)
             std = self._posterior_std(state, weight_decay)
             out.append(
@@ -767,19 +564,14 @@ class PosteriorOptimizer(keras.optimizers.Optimizer):
             )
         return out
 
-    def _std_values(self):
-        return [ops.convert_to_numpy(s) for _, s in
-                self._mean_and_std_tensors()]
-
     def _prediction_seed(self, seed):
         if seed is not None:
             return seed
         if self._prediction_seed_generator is None:
-            # Apart from the training noise, so sampling for prediction never
-            # changes the training trajectory.
             base = self.seed if self.seed is not None else 0
             self._prediction_seed_generator = keras.random.SeedGenerator(
-                base + 7919, name="posterior_prediction_seed"
+                base + PREDICTION_SEED_OFFSET,
+                name="posterior_prediction_seed"
             )
         return self._prediction_seed_generator
 
@@ -788,7 +580,7 @@ class PosteriorOptimizer(keras.optimizers.Optimizer):
             mean + std * keras.random.normal(
                 tuple(variable.shape), dtype=variable.dtype, seed=seed)
             for (mean, std), variable in zip(mean_and_std,
-                                             self._trainable_variables)
+                                             self._model_variables())
         ]
 
     def posterior_mean(self):
@@ -802,7 +594,17 @@ class PosteriorOptimizer(keras.optimizers.Optimizer):
     def posterior_std(self):
         """The posterior standard deviation, one NumPy array per variable."""
         self._check_built()
-        return self._std_values()
+        return [ops.convert_to_numpy(s)
+                for _, s in self._mean_and_std_tensors()]
+
+    def posterior_mean_and_std(self):
+        """(mean, std) per variable as backend tensors (std at full shape).
+
+        The same values as `posterior_mean()` and `posterior_std()`, without
+        the copy to NumPy: for code that computes with them on the device.
+        """
+        self._check_built()
+        return self._mean_and_std_tensors()
 
     def posterior(self):
         """The current posterior as a `keras_bayes.Posterior`.
@@ -817,15 +619,29 @@ class PosteriorOptimizer(keras.optimizers.Optimizer):
             means.append(ops.convert_to_numpy(mean))
             precisions.append(1.0 / np.square(ops.convert_to_numpy(std)))
         return Posterior(means, precisions,
-                         [v.path for v in self._trainable_variables])
+                         [v.path for v in self._model_variables()])
 
     def posterior_variables(self):
         """The model variables the posterior is over, in the same order."""
         self._check_built()
-        return list(self._trainable_variables)
+        return self._model_variables()
 
-    def _write_into_model(self, values):
-        for variable, value in zip(self._trainable_variables, values):
+    def model_weights(self):
+        """What the model's variables hold now (`posterior_variables()`
+        order), as NumPy arrays: during `fit` the current posterior sample,
+        after it the mean. Write them back with `set_model_weights`."""
+        self._check_built()
+        return [ops.convert_to_numpy(v) for v in self._model_variables()]
+
+    def set_model_weights(self, values):
+        """Write `values` (one array or tensor per `posterior_variables()`
+        entry, e.g. `posterior_mean()` or an earlier `model_weights()`) into
+        the model's variables. The posterior is unchanged."""
+        self._check_built()
+        self._write_weights(values)
+
+    def _write_weights(self, values):
+        for variable, value in zip(self._model_variables(), values):
             if isinstance(value, np.ndarray):
                 value = np.array(value, copy=True)
             else:
@@ -834,8 +650,21 @@ class PosteriorOptimizer(keras.optimizers.Optimizer):
                 value = ops.copy(value)
             variable.assign(value)
 
-    def _read_model(self):
-        return [ops.convert_to_numpy(v) for v in self._trainable_variables]
+    def posterior_state(self):
+        """Every slot of the posterior (`{name: [array per variable]}`, e.g.
+        the mean and the precision), as NumPy copies for
+        `set_posterior_state`. The step counter and the noise seed are not
+        included."""
+        self._check_built()
+        return {name: [ops.convert_to_numpy(slot) for slot in slots]
+                for name, slots in self._state.items()}
+
+    def set_posterior_state(self, state):
+        """Restore slots saved by `posterior_state()` (all or some names)."""
+        self._check_built()
+        for name, values in state.items():
+            for slot, value in zip(self._state[name], values):
+                slot.assign(value)
 
     @contextlib.contextmanager
     def mean_weights(self):
@@ -844,20 +673,19 @@ class PosteriorOptimizer(keras.optimizers.Optimizer):
         On exit the previous values (during training: the current posterior
         sample) are restored, also when the body raises.
         """
-        self._check_built()
-        previous = self._read_model()
-        self._write_into_model(self._mean_values())
+        previous = self.model_weights()
+        self._write_weights(self._mean_values())
         try:
             yield
         finally:
-            self._write_into_model(previous)
+            self._write_weights(previous)
 
     def draw_posterior_sample(self, seed=None):
         """One sample θ ~ q as a list of NumPy arrays (no model change).
 
         `seed` is an int (the same sample every call), a
         `keras.random.SeedGenerator` or None (a generator of this optimizer
-        kept apart from the training noise).
+        kept apart from the training noise, see `PREDICTION_SEED_OFFSET`).
         """
         self._check_built()
         samples = self._sample_tensors(
@@ -870,12 +698,12 @@ class PosteriorOptimizer(keras.optimizers.Optimizer):
 
         On exit the previous values are restored, also when the body raises.
         """
-        previous = self._read_model()
-        self._write_into_model(self.draw_posterior_sample(seed))
+        previous = self.model_weights()
+        self._write_weights(self.draw_posterior_sample(seed))
         try:
             yield
         finally:
-            self._write_into_model(previous)
+            self._write_weights(previous)
 
     def get_config(self):
         config = super().get_config()

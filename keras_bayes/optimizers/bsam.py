@@ -5,6 +5,8 @@ import keras
 from keras import ops
 
 from keras_bayes import _keras_compat
+from keras_bayes._validation import check_number
+from keras_bayes._validation import check_positive_integer
 from keras_bayes.optimizers import base
 from keras_bayes.optimizers.sam import TwoPassOptimizer
 from keras_bayes.training.contract import StepPlan
@@ -135,17 +137,17 @@ class BSAM(TwoPassOptimizer, base.PosteriorOptimizer):
         name=None,
         **kwargs,
     ):
-        ess = base.check_number("ess", ess, low=0.0, low_open=True)
-        rho = base.check_number("rho", rho, low=0.0)
-        beta1 = base.check_number("beta1", beta1, low=0.0, high=1.0,
-                                  high_open=True)
-        beta2 = base.check_number("beta2", beta2, low=0.0, high=1.0,
-                                  high_open=True)
-        damping = base.check_number("damping", damping, low=0.0)
-        precision_init = base.check_number(
+        ess = check_number("ess", ess, low=0.0, low_open=True)
+        rho = check_number("rho", rho, low=0.0)
+        beta1 = check_number("beta1", beta1, low=0.0, high=1.0,
+                             high_open=True)
+        beta2 = check_number("beta2", beta2, low=0.0, high=1.0,
+                             high_open=True)
+        damping = check_number("damping", damping, low=0.0)
+        precision_init = check_number(
             "precision_init", precision_init, low=0.0, low_open=True
         )
-        batch_split = base.check_positive_integer("batch_split", batch_split)
+        batch_split = check_positive_integer("batch_split", batch_split)
         self._check_two_pass_kwargs("BSAM", kwargs)
         super().__init__(
             learning_rate=learning_rate,
@@ -190,14 +192,11 @@ class BSAM(TwoPassOptimizer, base.PosteriorOptimizer):
         """m + ρ·g1/s per variable."""
         grads, variables = self._variables_for_point(gradients,
                                                      trainable_variables)
-        first = self._before_first_update()
         points = []
         for gradient, variable in zip(grads, variables):
             index = _keras_compat.variable_index(self, variable)
-            mean = ops.where(
-                first, ops.convert_to_tensor(variable),
-                ops.convert_to_tensor(self._state["mean"][index]),
-            )
+            mean = self._current_mean(self._state["mean"][index],
+                                      ops.convert_to_tensor(variable))
             precision = ops.convert_to_tensor(
                 self._state["precision"][index])
             points.append(

@@ -17,7 +17,8 @@ Three groups, one class each:
 * `LieAffine` (Algorithm 3): θ = b + A·c·ξ with a learned positive scale A;
 * `LieMultiplicative` (Algorithm 2): θ = g⁺·c·ξ⁺ − g⁻·c·ξ⁻, ξ± ~ Rayleigh.
 
-`LieGroupBLR(group=...)` builds any of them by name.
+`lie_group_blr(group=...)` (alias `LieGroupBLR`) builds any of them by
+name.
 
 As for every `PosteriorOptimizer`, the model's variables hold the current
 sample θ between steps, the optimizer holds the group element, the gradient
@@ -25,7 +26,8 @@ of a step is taken at θ by the ordinary Keras training step, and at the end of
 `fit` the variables receive the posterior mean (w, b, or E[θ]).
 
 Differences from the official JAX code (`team-approx-bayes/liegroups`),
-which are deliberate (algorithms.md §3.8):
+which are deliberate (docs/lie_group.md, "Pitfalls of the official code
+that are not reproduced"):
 
 * every variable and every step gets fresh, independent noise from the
   optimizer's tracked `SeedGenerator` (the official uniform noise reuses one
@@ -54,8 +56,13 @@ import numbers
 import keras
 from keras import ops
 
+from keras_bayes import _keras_compat
+from keras_bayes._validation import check_choice
+from keras_bayes._validation import check_number
+from keras_bayes._validation import check_positive_integer
 from keras_bayes.optimizers import base
 from keras_bayes.optimizers import noise as noise_lib
+from keras_bayes.optimizers.updates import keep_if_finite
 
 # |α1·x| below which φ(x) = expm1(−α1·x)/x is replaced by its series
 # −α1 + α1²·x/2 (relative error < (α1·x)²/6 < 2e-9).
@@ -157,9 +164,9 @@ class _LieGroupOptimizer(base.PosteriorOptimizer):
 
     def __init__(self, learning_rate, noise, noise_scale, weight_decay,
                  mc_samples, seed, name, **kwargs):
-        base.check_choice("noise", noise, self.noise_families)
-        noise_scale = base.check_number("noise_scale", noise_scale, low=0.0)
-        mc_samples = base.check_positive_integer("mc_samples", mc_samples)
+        check_choice("noise", noise, self.noise_families)
+        noise_scale = check_number("noise_scale", noise_scale, low=0.0)
+        mc_samples = check_positive_integer("mc_samples", mc_samples)
         if mc_samples > 1:
             raise ValueError(
                 "`mc_samples` > 1 needs several forward/backward passes on "
@@ -210,7 +217,7 @@ class _LieGroupOptimizer(base.PosteriorOptimizer):
         return [
             mean + (std * scale) * self._draw(variable, seed)
             for (mean, std), variable in zip(mean_and_std,
-                                             self._trainable_variables)
+                                             self._model_variables())
         ]
 
     def get_config(self):
@@ -277,8 +284,8 @@ class LieAdditive(_LieGroupOptimizer):
     def __init__(self, learning_rate, beta1=0.8, noise="gaussian",
                  noise_scale=0.005, weight_decay=5e-4, mc_samples=1,
                  seed=None, name=None, **kwargs):
-        beta1 = base.check_number("beta1", beta1, low=0.0, high=1.0,
-                                  high_open=True)
+        beta1 = check_number("beta1", beta1, low=0.0, high=1.0,
+                             high_open=True)
         super().__init__(learning_rate, noise, noise_scale, weight_decay,
                          mc_samples, seed, name, **kwargs)
         self.beta1 = beta1
@@ -373,16 +380,16 @@ class LieAffine(_LieGroupOptimizer):
                  beta2=0.999, temperature=1.0, scale_init=1.0,
                  noise="gaussian", noise_scale=0.005, weight_decay=5e-4,
                  mc_samples=1, seed=None, name=None, **kwargs):
-        ess = base.check_number("ess", ess, low=0.0, low_open=True)
-        scale_lr_ratio = base.check_number("scale_lr_ratio", scale_lr_ratio,
-                                           low=0.0)
-        beta1 = base.check_number("beta1", beta1, low=0.0, high=1.0,
-                                  high_open=True)
-        beta2 = base.check_number("beta2", beta2, low=0.0, high=1.0,
-                                  high_open=True)
-        temperature = base.check_number("temperature", temperature, low=0.0)
-        scale_init = base.check_number("scale_init", scale_init, low=0.0,
-                                       low_open=True)
+        ess = check_number("ess", ess, low=0.0, low_open=True)
+        scale_lr_ratio = check_number("scale_lr_ratio", scale_lr_ratio,
+                                      low=0.0)
+        beta1 = check_number("beta1", beta1, low=0.0, high=1.0,
+                             high_open=True)
+        beta2 = check_number("beta2", beta2, low=0.0, high=1.0,
+                             high_open=True)
+        temperature = check_number("temperature", temperature, low=0.0)
+        scale_init = check_number("scale_init", scale_init, low=0.0,
+                                  low_open=True)
         super().__init__(learning_rate, noise, noise_scale, weight_decay,
                          mc_samples, seed, name, **kwargs)
         self.ess = ess
@@ -512,23 +519,19 @@ class LieMultiplicative(_LieGroupOptimizer):
                  init_offset=1e-5, noise="rayleigh", noise_scale=1.0,
                  weight_decay=0.0, mc_samples=1, seed=None, name=None,
                  **kwargs):
-        ess = base.check_number("ess", ess, low=0.0, low_open=True)
-        beta1 = base.check_number("beta1", beta1, low=0.0, high=1.0,
-                                  high_open=True)
-        temperature = base.check_number("temperature", temperature, low=0.0)
-        init_offset = base.check_number("init_offset", init_offset, low=0.0,
-                                        low_open=True)
-        base.check_number("noise_scale", noise_scale, low=0.0, low_open=True)
+        ess = check_number("ess", ess, low=0.0, low_open=True)
+        beta1 = check_number("beta1", beta1, low=0.0, high=1.0,
+                             high_open=True)
+        temperature = check_number("temperature", temperature, low=0.0)
+        init_offset = check_number("init_offset", init_offset, low=0.0,
+                                   low_open=True)
+        check_number("noise_scale", noise_scale, low=0.0, low_open=True)
         super().__init__(learning_rate, noise, noise_scale, weight_decay,
                          mc_samples, seed, name, **kwargs)
         self.ess = ess
         self.beta1 = beta1
         self.temperature = temperature
         self.init_offset = init_offset
-        # The centre of a `prior=` Posterior while a step is traced: this
-        # rule is not shift-equivariant (its parts are positive), so the
-        # base's `centred_update` cannot place the prior for it.
-        self._prior_center = None
 
     @property
     def tau(self):
@@ -551,11 +554,14 @@ class LieMultiplicative(_LieGroupOptimizer):
             ops.square(state["positive"]) + ops.square(state["negative"]))
 
     def _posterior_update(self, gradient, sample, state, learning_rate,
-                          weight_decay):
+                          weight_decay, center=None):
+        # `center`: the centre of a `prior=` Posterior (None: 0). This rule
+        # is not shift-equivariant (its parts are positive), so the base's
+        # `centred_update` cannot place the prior for it: the prior
+        # gradient δ·(θ − θ₀) is formed here.
         positive_part = state["positive_part"]
         negative_part = state["negative_part"]
-        gradient = prior_gradient(gradient, sample, weight_decay,
-                                  self._prior_center)
+        gradient = prior_gradient(gradient, sample, weight_decay, center)
         # The stored parts belong to the sample only if the variable still
         # holds p − n (not at the first step, nor after the mean was
         # written back). Not an exact equality: a compiler may form the
@@ -598,8 +604,8 @@ class LieMultiplicative(_LieGroupOptimizer):
             variable, seed)
         return positive, negative
 
-    def update_step(self, gradient, variable, learning_rate):
-        index = self._get_variable_index(variable)
+    def _update_variable(self, gradient, variable, learning_rate, finite):
+        index = _keras_compat.variable_index(self, variable)
         dtype = variable.dtype
         sample = ops.convert_to_tensor(variable)
         state = self._read_state(index, sample)
@@ -609,19 +615,16 @@ class LieMultiplicative(_LieGroupOptimizer):
         positive, negative = self._initial_scales(sample)
         state["positive"] = ops.where(first, positive, state["positive"])
         state["negative"] = ops.where(first, negative, state["negative"])
-        weight_decay, self._prior_center = self._prior_terms(index, variable)
-        try:
-            new_state, _ = self._posterior_update(
-                ops.cast(gradient, dtype), sample, state,
-                ops.cast(learning_rate, dtype), weight_decay)
-        finally:
-            self._prior_center = None
+        weight_decay, center = self._prior_terms(index, variable)
+        new_state, _ = self._posterior_update(
+            ops.cast(gradient, dtype), sample, state,
+            ops.cast(learning_rate, dtype), weight_decay, center=center)
         positive_part, negative_part = self._parts(new_state, variable,
                                                    self._seed_generator)
         new_state["positive_part"] = positive_part
         new_state["negative_part"] = negative_part
-        new_state, new_sample = self._keep_if_finite(
-            new_state, positive_part - negative_part, state, sample)
+        new_state, new_sample = keep_if_finite(
+            finite, new_state, positive_part - negative_part, state, sample)
         for name, value in new_state.items():
             self.assign(self._state[name][index], value)
         self.assign(variable, new_sample)
@@ -629,7 +632,7 @@ class LieMultiplicative(_LieGroupOptimizer):
     def _sample_tensors(self, mean_and_std, seed):
         seed = _generator(seed)
         samples = []
-        for index, variable in enumerate(self._trainable_variables):
+        for index, variable in enumerate(self._model_variables()):
             state = {name: ops.convert_to_tensor(slots[index])
                      for name, slots in self._state.items()}
             positive, negative = self._parts(state, variable, seed)
@@ -660,17 +663,23 @@ GROUPS = {
 }
 
 
-def LieGroupBLR(learning_rate, group="affine", **kwargs):
+def lie_group_blr(learning_rate, group="affine", **kwargs):
     """The Lie-group Bayesian learning rule for the group named `group`.
 
-    `group` is `"additive"` (`LieAdditive`), `"affine"` (`LieAffine`, the
-    default) or `"multiplicative"` (`LieMultiplicative`); the other
-    arguments are those of that class. Returns an instance of the class,
-    which is what is saved and restored.
+    A factory, not a class: it returns an instance of `LieAdditive`
+    (`group="additive"`), `LieAffine` (`"affine"`, the default) or
+    `LieMultiplicative` (`"multiplicative"`), built with the other
+    arguments, which are those of that class. The instance is what is saved
+    and restored.
     """
-    base.check_choice("group", group, GROUPS)
+    check_choice("group", group, GROUPS)
     return GROUPS[group](learning_rate, **kwargs)
 
 
+#: The name `lie_group_blr` had first, kept so that existing code keeps
+#: working; it is the same factory function, not a class (no `isinstance`).
+LieGroupBLR = lie_group_blr
+
+
 __all__ = ["LieAdditive", "LieAffine", "LieGroupBLR", "LieMultiplicative",
-           "affine_phi"]
+           "affine_phi", "lie_group_blr"]

@@ -23,7 +23,8 @@ import keras
 from keras import ops
 
 from keras_bayes import _keras_compat
-from keras_bayes.optimizers import base
+from keras_bayes._validation import check_learning_rate
+from keras_bayes._validation import check_number
 from keras_bayes.training.contract import MultiPassOptimizer
 from keras_bayes.training.contract import StepPlan
 
@@ -138,15 +139,15 @@ class SAM(TwoPassOptimizer, keras.optimizers.Optimizer):
 
     def __init__(self, learning_rate=0.01, rho=0.05, momentum=0.9,
                  weight_decay=0.0, epsilon=1e-12, name=None, **kwargs):
-        base.check_learning_rate(learning_rate)
-        rho = base.check_number("rho", rho, low=0.0)
-        momentum = base.check_number("momentum", momentum, low=0.0,
-                                     high=1.0, high_open=True)
+        check_learning_rate(learning_rate)
+        rho = check_number("rho", rho, low=0.0)
+        momentum = check_number("momentum", momentum, low=0.0,
+                                high=1.0, high_open=True)
         weight_decay = 0.0 if weight_decay is None else weight_decay
-        weight_decay = base.check_number("weight_decay", weight_decay,
-                                         low=0.0)
-        epsilon = base.check_number("epsilon", epsilon, low=0.0,
-                                    low_open=True)
+        weight_decay = check_number("weight_decay", weight_decay,
+                                    low=0.0)
+        epsilon = check_number("epsilon", epsilon, low=0.0,
+                               low_open=True)
         self._check_two_pass_kwargs("SAM", kwargs)
         if kwargs.get("use_ema"):
             raise ValueError(
@@ -169,6 +170,7 @@ class SAM(TwoPassOptimizer, keras.optimizers.Optimizer):
             for v in var_list
         ]
 
+    # Overrides a private Keras hook (`_keras_compat.OPTIMIZER_HOOKS`).
     def _apply_weight_decay(self, variables):
         # δ is coupled (added to the gradient in `update_step`).
         return
@@ -185,14 +187,15 @@ class SAM(TwoPassOptimizer, keras.optimizers.Optimizer):
         ]
 
     def update_step(self, gradient, variable, learning_rate):
-        index = self._get_variable_index(variable)
+        index = _keras_compat.variable_index(self, variable)
         dtype = variable.dtype
         gradient = ops.cast(gradient, dtype)
         learning_rate = ops.cast(learning_rate, dtype)
         weights = ops.convert_to_tensor(variable)
         decay = (
             self.weight_decay
-            if self.weight_decay and self._use_weight_decay(variable)
+            if self.weight_decay
+            and _keras_compat.uses_weight_decay(self, variable)
             else 0.0
         )
         slot = self._momentums[index]

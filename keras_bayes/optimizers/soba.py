@@ -6,6 +6,9 @@ import keras
 from keras import ops
 
 from keras_bayes import _keras_compat
+from keras_bayes._validation import check_choice
+from keras_bayes._validation import check_number
+from keras_bayes._validation import check_positive_integer
 from keras_bayes.optimizers import base
 from keras_bayes.training.contract import MultiPassOptimizer
 from keras_bayes.training.contract import StepPlan
@@ -165,20 +168,20 @@ class SOBA(MultiPassOptimizer, base.PosteriorOptimizer):
         name=None,
         **kwargs,
     ):
-        ess = base.check_number("ess", ess, low=0.0, low_open=True)
-        hess_init = base.check_number(
+        ess = check_number("ess", ess, low=0.0, low_open=True)
+        hess_init = check_number(
             "hess_init", hess_init, low=0.0, low_open=True
         )
-        beta1 = base.check_number("beta1", beta1, low=0.0, high=1.0,
-                                  high_open=True)
-        beta2 = base.check_number("beta2", beta2, low=0.0, high=1.0,
-                                  low_open=True)
-        base.check_choice("hess_approx", hess_approx, ("price", "gradsq"))
+        beta1 = check_number("beta1", beta1, low=0.0, high=1.0,
+                             high_open=True)
+        beta2 = check_number("beta2", beta2, low=0.0, high=1.0,
+                             low_open=True)
+        check_choice("hess_approx", hess_approx, ("price", "gradsq"))
         clip_radius = math.inf if clip_radius is None else clip_radius
-        clip_radius = base.check_number(
+        clip_radius = check_number(
             "clip_radius", clip_radius, low=0.0, low_open=True, allow_inf=True
         )
-        mc_samples = base.check_positive_integer("mc_samples", mc_samples)
+        mc_samples = check_positive_integer("mc_samples", mc_samples)
         steps = kwargs.get("gradient_accumulation_steps")
         if mc_samples > 1 and steps not in (None, 1):
             raise ValueError(
@@ -235,15 +238,13 @@ class SOBA(MultiPassOptimizer, base.PosteriorOptimizer):
 
     def combine_passes(self, records, context):
         """Writes the samples' curvature statistic; returns the mean g."""
-        first = self._before_first_update()
         # A bad gradient skips the whole step: keep the old statistic too.
         # (Unscaling by a finite scale cannot change finiteness.)
         finite = base.all_finite([r.grads for r in records])
         for position, variable in enumerate(context.variables):
             index = _keras_compat.variable_index(self, variable)
             sample = ops.convert_to_tensor(variable)
-            mean = ops.where(first, sample, ops.convert_to_tensor(
-                self._state["mean"][index]))
+            mean = self._current_mean(self._state["mean"][index], sample)
             total = ops.zeros(tuple(variable.shape), variable.dtype)
             count = ops.zeros(tuple(variable.shape), variable.dtype)
             for record in records:

@@ -7,6 +7,7 @@ import numpy as np
 from keras import ops
 
 from keras_bayes import _keras_compat
+from keras_bayes._validation import check_number
 from keras_bayes.optimizers import base
 from keras_bayes.posterior import Posterior
 from keras_bayes.training.contract import PerExampleOptimizer
@@ -54,12 +55,13 @@ class VOGN(PerExampleOptimizer, base.PosteriorOptimizer):
     θ = μ + ε',  ε' ~ N(0, 1/(N·(s + δ̃ + γ)))        # the next sample
     ```
 
-    (the VOGN update with momentum of Osawa et al., 2019; N = `ess`, δ =
-    `weight_decay` per example, τ = `temperature`, γ = `damping`.) ĥ needs
-    per-example gradients, which a Keras optimizer does not receive: VOGN
-    is a `keras_bayes.training.contract.PerExampleOptimizer`, trained
-    through `keras_bayes.per_example.VOGNModel`, whose training step
-    computes them with the backend's vectorizing map and hands ĥ over with
+    (the VOGN update with momentum of Osawa et al., 2019; docs/lie_group.md,
+    "VOGN". N = `ess`, δ = `weight_decay` per example, τ = `temperature`,
+    γ = `damping`.) ĥ needs per-example gradients, which a Keras optimizer
+    does not receive: VOGN is a
+    `keras_bayes.training.contract.PerExampleOptimizer`, trained through
+    `keras_bayes.per_example.VOGNModel`, whose training step computes them
+    with the backend's vectorizing map and hands ĥ over with
     `set_squared_gradients`. Used with a plain model, `apply` raises.
 
     **Deterministic weights** (the paper's BatchNorm treatment). Variables
@@ -151,15 +153,15 @@ class VOGN(PerExampleOptimizer, base.PosteriorOptimizer):
                  temperature=1.0, damping=1e-4, precision_init=1.0,
                  weight_decay=1e-4, deterministic_names=None, seed=None,
                  name=None, **kwargs):
-        ess = base.check_number("ess", ess, low=0.0, low_open=True)
-        beta1 = base.check_number("beta1", beta1, low=0.0, high=1.0,
-                                  high_open=True)
-        beta2 = base.check_number("beta2", beta2, low=0.0, high=1.0,
-                                  high_open=True)
-        temperature = base.check_number("temperature", temperature, low=0.0)
-        damping = base.check_number("damping", damping, low=0.0)
-        precision_init = base.check_number("precision_init", precision_init,
-                                           low=0.0)
+        ess = check_number("ess", ess, low=0.0, low_open=True)
+        beta1 = check_number("beta1", beta1, low=0.0, high=1.0,
+                             high_open=True)
+        beta2 = check_number("beta2", beta2, low=0.0, high=1.0,
+                             high_open=True)
+        temperature = check_number("temperature", temperature, low=0.0)
+        damping = check_number("damping", damping, low=0.0)
+        precision_init = check_number("precision_init", precision_init,
+                                      low=0.0)
         deterministic_names = _check_patterns(deterministic_names)
         steps = kwargs.get("gradient_accumulation_steps")
         if steps is not None and steps != 1:
@@ -194,7 +196,8 @@ class VOGN(PerExampleOptimizer, base.PosteriorOptimizer):
     # Deterministic variables.
 
     def _is_deterministic(self, variable):
-        if self._var_key(variable) in self._deterministic_keys:
+        if (_keras_compat.variable_key(self, variable)
+                in self._deterministic_keys):
             return True
         return any(re.search(pattern, variable.path)
                    for pattern in self.deterministic_names)
@@ -214,14 +217,14 @@ class VOGN(PerExampleOptimizer, base.PosteriorOptimizer):
         """
         if var_list:
             self._deterministic_keys.update(
-                self._var_key(v) for v in var_list)
+                _keras_compat.variable_key(self, v) for v in var_list)
         if var_names:
             self.deterministic_names = (self.deterministic_names + [
                 p for p in _check_patterns(var_names)
                 if p not in self.deterministic_names])
         if not self.built:
             return
-        for index, variable in enumerate(self._trainable_variables):
+        for index, variable in enumerate(self._model_variables()):
             if self._is_deterministic(variable):
                 slot = self._state["bayesian"][index]
                 self.assign(slot, ops.zeros(tuple(slot.shape), slot.dtype))
@@ -299,7 +302,7 @@ class VOGN(PerExampleOptimizer, base.PosteriorOptimizer):
         skipped = self._deterministic_indices()
         means, precisions, paths = [], [], []
         for index, ((mean, std), variable) in enumerate(zip(
-                self._mean_and_std_tensors(), self._trainable_variables)):
+                self._mean_and_std_tensors(), self._model_variables())):
             if index in skipped:
                 continue
             means.append(ops.convert_to_numpy(mean))

@@ -81,6 +81,7 @@ examples of the per-example pass. Layer regularisation losses
 import keras
 from keras import ops
 
+from keras_bayes._validation import check_choice
 from keras_bayes.training import batch_norm as bn
 from keras_bayes.training import shared
 from keras_bayes.training._backend import steps
@@ -133,10 +134,7 @@ def per_example_squared_gradients(model, x, y, loss, trainable_values=None,
             `batch_norm` rejects (or with `renorm=True`), or the backend
             cannot vectorize its forward pass over single examples.
     """
-    if batch_norm not in BATCH_NORM_CHOICES:
-        raise ValueError(
-            f"`batch_norm` must be one of {list(BATCH_NORM_CHOICES)}. "
-            f"Received: batch_norm={batch_norm!r}")
+    check_choice("batch_norm", batch_norm, BATCH_NORM_CHOICES)
     layers = bn.batch_coupled_layers(model)
     bn.check_batch_norm(layers, batch_norm)
     loss = keras.losses.get(loss) if isinstance(loss, str) else loss
@@ -189,11 +187,7 @@ class VOGNModel(WrapperModel):
     wrapper_arguments = ("batch_norm",)
 
     def __init__(self, inner, batch_norm="deterministic", **kwargs):
-        if batch_norm not in VOGN_MODEL_BATCH_NORM_CHOICES:
-            raise ValueError(
-                "`batch_norm` must be one of "
-                f"{list(VOGN_MODEL_BATCH_NORM_CHOICES)}. Received: "
-                f"batch_norm={batch_norm!r}")
+        check_choice("batch_norm", batch_norm, VOGN_MODEL_BATCH_NORM_CHOICES)
         super().__init__(inner, **kwargs)
         self.batch_norm = batch_norm
 

@@ -27,6 +27,7 @@ chosen once at import. With an optimizer that needs one gradient per step
 
 import keras
 
+from keras_bayes._validation import check_choice
 from keras_bayes.training import shared
 from keras_bayes.training._backend import steps
 from keras_bayes.training.wrapper import WrapperModel
@@ -66,10 +67,7 @@ class TwoPassModel(WrapperModel):
     wrapper_arguments = ("bn_update",)
 
     def __init__(self, inner, bn_update="first", **kwargs):
-        if bn_update not in BN_UPDATE_CHOICES:
-            raise ValueError(
-                f"`bn_update` must be one of {sorted(BN_UPDATE_CHOICES)}. "
-                f"Received: bn_update={bn_update!r}")
+        check_choice("bn_update", bn_update, BN_UPDATE_CHOICES)
         super().__init__(inner, **kwargs)
         self.bn_update = bn_update
 

@@ -1,37 +1,113 @@
-"""Input validation shared by the NumPy metrics.
+"""Argument checks shared by the whole package.
 
-Every check raises `ValueError` with the offending argument named in
-backticks, e.g. "`probs` contains NaN or infinite values".
+Every check takes the argument's name first, then its value, and raises
+`ValueError` naming the argument in backticks and ending in Keras' style
+"Received: name=value", e.g.
+
+    `rho` must be in [0.0, inf]. Received: rho=-1.0
+
+The array checks at the end validate the NumPy inputs of
+`keras_bayes.metrics` (probabilities, labels, scores); they name the
+offending argument the same way, e.g. "`probs` contains NaN or infinite
+values".
 """
 
+import math
 import numbers
 
 import numpy as np
+
+
+def _interval(low, high, low_open, high_open):
+    left = "(" if low_open else "["
+    right = ")" if high_open else "]"
+    lo = "-inf" if low is None else repr(low)
+    hi = "inf" if high is None else repr(high)
+    return f"{left}{lo}, {hi}{right}"
+
+
+def check_number(name, value, low=None, high=None, low_open=False,
+                 high_open=False, allow_inf=False):
+    """`value` as a Python float; `ValueError` unless it lies in the range.
+
+    `low`/`high` are the bounds (None: unbounded), `low_open`/`high_open`
+    exclude them. NaN is always refused, infinities unless `allow_inf`.
+    """
+    interval = _interval(low, high, low_open, high_open)
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ValueError(
+            f"`{name}` must be a real number in {interval}. "
+            f"Received: {name}={value!r}"
+        )
+    value = float(value)
+    if math.isnan(value) or (math.isinf(value) and not allow_inf):
+        raise ValueError(
+            f"`{name}` must be a finite number in {interval}. "
+            f"Received: {name}={value!r}"
+        )
+    too_low = low is not None and (value <= low if low_open else value < low)
+    too_high = high is not None and (
+        value >= high if high_open else value > high
+    )
+    if too_low or too_high:
+        raise ValueError(
+            f"`{name}` must be in {interval}. Received: {name}={value!r}"
+        )
+    return value
+
+
+def check_positive_integer(name, value):
+    """`value` as an int; `ValueError` unless it is an integer >= 1."""
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, numbers.Integral)
+        or value < 1
+    ):
+        raise ValueError(
+            f"`{name}` must be an integer >= 1. Received: {name}={value!r}"
+        )
+    return int(value)
+
+
+def check_choice(name, value, choices):
+    """`value` unchanged; `ValueError` unless it is one of `choices`."""
+    try:
+        known = value in choices
+    except (TypeError, ValueError):  # unhashable, or an array
+        known = False
+    if not known:
+        raise ValueError(
+            f"`{name}` must be one of {sorted(choices)}. "
+            f"Received: {name}={value!r}"
+        )
+    return value
+
+
+def check_learning_rate(learning_rate):
+    """Numbers must be >= 0; schedules and callables pass through."""
+    if isinstance(learning_rate, numbers.Real):
+        check_number("learning_rate", learning_rate, low=0.0)
+    return learning_rate
+
+
+def check_seed(seed):
+    """An int or None (the seed of a `keras.random.SeedGenerator`)."""
+    if seed is not None and (
+        isinstance(seed, bool) or not isinstance(seed, numbers.Integral)
+    ):
+        raise ValueError(
+            f"`seed` must be an integer or None. Received: seed={seed!r}"
+        )
+    return seed
+
+
+# -- Arrays (the inputs of keras_bayes.metrics) -----------------------------
 
 #: Rows of probabilities must sum to one within this absolute tolerance.
 #: They are then used as given (never renormalised).
 SUM_TOLERANCE = 1e-3
 
 _FLOAT_DTYPES = (np.float16, np.float32, np.float64)
-
-
-def check_positive_int(value, name):
-    """`value` as an int; `ValueError` unless it is an integer >= 1."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or (
-        value < 1
-    ):
-        raise ValueError(
-            f"`{name}` must be an integer >= 1. Received: {value!r}"
-        )
-    return int(value)
-
-
-def check_choice(value, name, choices):
-    if not isinstance(value, str) or value not in choices:
-        raise ValueError(
-            f"`{name}` must be one of {sorted(choices)}. Received: {value!r}"
-        )
-    return value
 
 
 def comparison_dtype(array):

@@ -1,0 +1,35 @@
+"""The few numeric helpers that differ between Keras backends.
+
+One module per backend (`jax.py`, `tensorflow.py`, `torch.py`) exposes the
+same functions; the one of the active backend is chosen once, here, as
+Keras chooses `keras/src/backend/<name>/`. Code elsewhere in the package
+calls `keras_bayes.backend.<function>` and holds no backend branches.
+
+- `single_device()`: no `keras.distribution` and no `tf.distribute`
+  strategy is active (variables may then be concatenated).
+- `agree_across_replicas(finite)`: the "all gradients finite" flag, made
+  equal on every replica of a `tf.distribute` strategy.
+- `raise_unless(finite, message)`: raise `FloatingPointError` (or the
+  backend's equivalent) from inside a training step when `finite` is False.
+- `assign_flat(assign, variables, flat)`: write consecutive pieces of the
+  1-D tensor `flat` into `variables` (`assign(variable, value)` is the
+  optimizer's `assign`).
+- `fuse_updates_by_default()`: whether `PosteriorOptimizer` updates all
+  variables in one flat pass when `fused_update` is None.
+- `optimizer_state_detached(variables)`: True while the trainer holds the
+  variables' values outside them (JAX, after a traced step failed).
+"""
+
+import keras
+
+_BACKEND = keras.backend.backend()
+
+if _BACKEND == "jax":
+    from keras_bayes.backend.jax import *  # noqa: F401,F403
+elif _BACKEND == "tensorflow":
+    from keras_bayes.backend.tensorflow import *  # noqa: F401,F403
+elif _BACKEND == "torch":
+    from keras_bayes.backend.torch import *  # noqa: F401,F403
+else:
+    # Other Keras backends: single-process, eager semantics.
+    from keras_bayes.backend.common import *  # noqa: F401,F403
