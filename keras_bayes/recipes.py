@@ -79,7 +79,7 @@ def soba_gpt2_recipe(train_tokens, total_steps, learning_rate=1500.0,
     """SOBA configured with the GPT-2 recipe of Shen et al. (2024).
 
     Every value and its source (ivon-experiments `gpt2/train_ivon.py` with
-    its GPT-2 small config; the project's notes, `algorithms.md` §1.5, §1.8):
+    its GPT-2 small config, and the paper's appendix on the GPT-2 runs):
 
     - `ess` λ = `train_tokens`: the recipe sets 1e10, about the number of
       training tokens (the loss is a mean per token);
@@ -169,7 +169,7 @@ def adamw_gpt2_recipe(total_steps, learning_rate=3e-3, warmup_steps=None,
     """Keras AdamW configured with the GPT-2 AdamW baseline recipe.
 
     Sources: nanoGPT `train.py` defaults, the baseline of Shen et al.
-    (`algorithms.md` §1.5): decoupled weight decay 0.1 on the ≥ 2-D
+    (its appendix): decoupled weight decay 0.1 on the ≥ 2-D
     weights and 0 on biases and LayerNorm, β = (0.9, 0.95), gradient norm
     clipped to 1, linear warmup (2 % of the run) then cosine to 0. The peak
     learning rate is GPT-2 small's 6e-4 scaled by the same factor 5 as
