@@ -6,8 +6,29 @@ try:
 except ImportError:
     pass
 
+import atexit
+import os
+import shutil
+import tempfile
+
 import keras
 import pytest
+
+if keras.backend.backend() == "jax":
+    # Most of a JAX test's time is XLA compiling a train step that an
+    # earlier test already compiled (the same model, optimizer and shapes
+    # in a new `compile`). A compilation cache private to this run reuses
+    # those executables; the same program gives the same executable, so no
+    # result changes. Subprocesses (tutorials, workers) inherit it through
+    # the environment.
+    import jax
+
+    _JAX_CACHE = tempfile.mkdtemp(prefix="keras_bayes_jax_cache_")
+    atexit.register(shutil.rmtree, _JAX_CACHE, ignore_errors=True)
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = _JAX_CACHE
+    os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+    jax.config.update("jax_compilation_cache_dir", _JAX_CACHE)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
 
 
 def pytest_report_header(config):

@@ -64,6 +64,7 @@ def test_warmup_cosine_schedule():
     assert values[4] < 1e-4
 
 
+@pytest.mark.backend_independent
 def test_augmented_batches_are_crops_and_flips():
     rng = np.random.default_rng(0)
     x = rng.normal(size=(10, 32, 32, 3)).astype("float32")
@@ -104,6 +105,7 @@ def test_resnet20(normalization):
         models.resnet20(normalization="layernorm")
 
 
+@pytest.mark.backend_independent
 def test_bad_arguments():
     with pytest.raises(SystemExit):
         bench.parse_args(["--methods", "sgd,vogn-typo"])
@@ -126,9 +128,8 @@ print("ok")
 """
 
 
-@pytest.mark.skipif(keras.backend.backend() != "tensorflow",
-                    reason="the TFDS path is backend-independent NumPy; "
-                    "checked once")
+# The TFDS path is backend-independent NumPy: checked once.
+@pytest.mark.backend_independent
 def test_tfds_path_with_mock_data():
     pytest.importorskip("tensorflow_datasets")
     result = subprocess.run([sys.executable, "-c", TFDS_SCRIPT], cwd=ROOT,

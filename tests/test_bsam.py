@@ -154,6 +154,7 @@ def test_config_round_trips_every_argument():
     assert type(again) is BSAM and again.get_config() == config
 
 
+@pytest.mark.backend_independent
 @pytest.mark.parametrize("kwargs,name", [
     (dict(ess=0.0), "ess"),
     (dict(rho=-1.0), "rho"),

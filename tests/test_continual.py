@@ -21,6 +21,7 @@ def mlp(hidden=32, inputs=64, classes=10):
     ])
 
 
+@pytest.mark.backend_independent
 def test_metrics_on_a_known_matrix():
     matrix = np.array([[0.9, np.nan, np.nan],
                        [0.7, 0.8, np.nan],
@@ -33,6 +34,7 @@ def test_metrics_on_a_known_matrix():
     assert cl.forgetting(matrix[:1, :1]) == 0.0
 
 
+@pytest.mark.backend_independent
 def test_split_and_permuted_tasks():
     tasks = cl.split_digits(classes_per_task=3)
     assert [t.classes for t in tasks] == [(0, 1, 2), (3, 4, 5), (6, 7, 8),
@@ -180,12 +182,14 @@ def test_run_sequence_validates_and_records_every_task():
         baselines.OnlineEWC(strength=-1.0)
 
 
+@pytest.mark.backend_independent
 def test_split_mnist1d_sequence():
     tasks = cl.split_mnist1d(classes_per_task=5, num_samples=500)
     assert [t.classes for t in tasks] == [(0, 1, 2, 3, 4), (5, 6, 7, 8, 9)]
     assert tasks[0].x_train.shape[1:] == (40,)
 
 
+@pytest.mark.backend_independent
 @pytest.mark.skipif(not os.path.exists(DEFAULT_CIFAR10_PATH),
                     reason="offline CIFAR-10 archive not beside the checkout")
 def test_split_cifar10_sequence():

@@ -41,6 +41,7 @@ def test_demo_prints_the_table(tmp_path):
         results["Adam"])
 
 
+@pytest.mark.backend_independent
 def test_mnist1d_is_generated_offline_and_deterministic():
     (x, y), (xt, yt) = datasets.load_mnist1d(num_samples=500)
     assert x.shape == (400, 40) and xt.shape == (100, 40)
@@ -50,12 +51,14 @@ def test_mnist1d_is_generated_offline_and_deterministic():
     assert abs(x.mean()) < 1e-5 and abs(x.std() - 1) < 1e-4
 
 
+@pytest.mark.backend_independent
 def test_digits_split():
     (x, y), (xt, yt) = datasets.load_digits(test_fraction=0.25)
     assert len(x) + len(xt) == 1797 and x.shape[1] == 64
     assert 0 <= x.min() and x.max() <= 1
 
 
+@pytest.mark.backend_independent
 @pytest.mark.skipif(not os.path.exists(datasets.DEFAULT_CIFAR10_PATH),
                     reason="offline CIFAR-10 archive not beside the checkout")
 def test_cifar10_offline_archive(tmp_path):
@@ -70,6 +73,7 @@ def test_cifar10_offline_archive(tmp_path):
     np.testing.assert_array_equal(x, x2)
 
 
+@pytest.mark.backend_independent
 def test_missing_cifar10_archive_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="KERAS_BAYES_CIFAR10"):
         datasets.load_cifar10(path=str(tmp_path / "nope.npz.xz"))

@@ -163,6 +163,7 @@ def test_averaging_over_samples_matches_a_manual_loop(split_mnist1d):
                                rtol=1e-5, atol=1e-7)
 
 
+@pytest.mark.backend_independent
 def test_class_split_and_shifts():
     x = np.arange(20, dtype="float32").reshape(10, 2)
     y = np.array([0, 1, 2, 3, 4, 0, 1, 2, 3, 4])
@@ -191,6 +192,7 @@ print("ok")
 """
 
 
+@pytest.mark.backend_independent
 def test_tfds_loading_path_with_mock_data():
     """The users' SVHN path, on TFDS mock data (in a subprocess: it imports
     TensorFlow, which need not share a process with the other backends)."""

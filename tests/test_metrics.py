@@ -95,6 +95,7 @@ def two_class(confidences, dtype=np.float64):
 # than parametrized.
 
 
+@pytest.mark.backend_independent
 @pytest.mark.parametrize("binning", ["width", "mass"])
 def test_bins_ece_mce_match_naive_loop(binning):
     for num_bins in (1, 2, 10, 15, 40):
@@ -118,6 +119,7 @@ def check_against_naive_loop(binning, num_bins, dtype):
         labels, probs, num_bins, binning) == pytest.approx(mce, abs=1e-12)
 
 
+@pytest.mark.backend_independent
 def test_confidence_exactly_on_an_edge_goes_to_the_lower_bin():
     for num_bins in (2, 10, 15):
         on_edges = [b / num_bins for b in range(1, num_bins + 1)]
@@ -137,6 +139,7 @@ def test_confidence_exactly_on_an_edge_goes_to_the_lower_bin():
         0, 0, 0, 1, 9]
 
 
+@pytest.mark.backend_independent
 def test_comparison_is_made_in_the_precision_of_probs():
     # float32(0.6) = 0.6000000238...: on edge in float32, above 0.6 in
     # float64. The same number in a float64 array is in the next bin.
@@ -147,6 +150,7 @@ def test_comparison_is_made_in_the_precision_of_probs():
     assert np.flatnonzero(bins64["counts"]).tolist() == [6]
 
 
+@pytest.mark.backend_independent
 def test_all_confidences_one_and_perfect_calibration():
     probs = np.tile([1.0, 0.0, 0.0], (20, 1))
     bins = metrics.calibration_bins(np.zeros(20), probs, 15)
@@ -156,6 +160,7 @@ def test_all_confidences_one_and_perfect_calibration():
     assert metrics.maximum_calibration_error(np.ones(20), probs) == 1.0
 
 
+@pytest.mark.backend_independent
 def test_empty_bins_are_zero_and_skipped():
     labels = np.array([0, 1, 0])
     probs = two_class([0.55, 0.95, 0.95])
@@ -171,6 +176,7 @@ def test_empty_bins_are_zero_and_skipped():
         pytest.approx(0.45))
 
 
+@pytest.mark.backend_independent
 def test_equal_mass_bins_have_equal_counts_for_distinct_confidences():
     rng = np.random.default_rng(3)
     for n, num_bins in [(100, 10), (101, 10), (7, 3), (3, 5), (50, 50)]:
@@ -182,6 +188,7 @@ def test_equal_mass_bins_have_equal_counts_for_distinct_confidences():
         np.testing.assert_array_equal(bins["counts"], np.diff(ranks))
 
 
+@pytest.mark.backend_independent
 def test_equal_mass_never_splits_ties_and_ignores_order():
     confidences = [0.9] * 7 + [0.6] * 2 + [0.7, 0.8, 0.95]
     probs = two_class(confidences)
@@ -202,6 +209,7 @@ def test_equal_mass_never_splits_ties_and_ignores_order():
     np.testing.assert_array_equal(same["counts"], [6, 0, 0])
 
 
+@pytest.mark.backend_independent
 def test_ece_matches_torchmetrics():
     torch = pytest.importorskip("torch")
     classification = pytest.importorskip("torchmetrics.classification")
@@ -215,6 +223,7 @@ def test_ece_matches_torchmetrics():
                                                         abs=1e-6)
 
 
+@pytest.mark.backend_independent
 def test_brier_accuracy_nll_against_explicit_formulas():
     labels, probs = random_case(5, n=60, k=3)
     brier = np.mean([sum((probs[i, j] - (j == labels[i])) ** 2
@@ -233,6 +242,7 @@ def test_brier_accuracy_nll_against_explicit_formulas():
 # ----------------------------------------------------------------------------
 
 
+@pytest.mark.backend_independent
 def test_predictive_entropy_matches_scipy_and_handles_zeros():
     rng = np.random.default_rng(0)
     probs = random_probs(rng, 50, 4)
@@ -245,6 +255,7 @@ def test_predictive_entropy_matches_scipy_and_handles_zeros():
     np.testing.assert_allclose(uniform, np.log(4))
 
 
+@pytest.mark.backend_independent
 def test_uncertainty_decomposition_against_a_loop():
     rng = np.random.default_rng(1)
     samples = random_probs(rng, 6 * 20, 5).reshape(6, 20, 5)
@@ -265,6 +276,7 @@ def test_uncertainty_decomposition_against_a_loop():
                                out["total_entropy"])
 
 
+@pytest.mark.backend_independent
 def test_mutual_information_is_zero_when_samples_agree():
     rng = np.random.default_rng(2)
     one = random_probs(rng, 10, 3)
@@ -301,6 +313,7 @@ def ranking_cases():
     yield "one_positive", np.eye(1, 30, 17)[0], rng.normal(size=30).round(1)
 
 
+@pytest.mark.backend_independent
 def test_ranking_metrics_match_sklearn():
     for _, targets, scores in ranking_cases():
         check_ranking_against_sklearn(targets, scores)
@@ -316,6 +329,7 @@ def check_ranking_against_sklearn(targets, scores):
             sklearn_fpr_at_tpr(targets, scores, level), abs=1e-12)
 
 
+@pytest.mark.backend_independent
 def test_fpr_at_tpr_uses_every_threshold_not_the_thinned_curve():
     # Collinear ROC points that roc_curve(drop_intermediate=True) would
     # drop still count: TPR reaches 0.95 mid-diagonal.
@@ -325,6 +339,7 @@ def test_fpr_at_tpr_uses_every_threshold_not_the_thinned_curve():
         sklearn_fpr_at_tpr(targets, scores))
 
 
+@pytest.mark.backend_independent
 def test_ranking_metrics_undefined_with_one_class():
     for targets in (np.ones(5), np.zeros(5)):
         for fn in (metrics.auroc, metrics.average_precision,
@@ -338,6 +353,7 @@ def test_ranking_metrics_undefined_with_one_class():
 # ----------------------------------------------------------------------------
 
 
+@pytest.mark.backend_independent
 def test_misclassification_detection_matches_sklearn():
     for score in ("max_prob", "entropy"):
         check_misclassification_against_sklearn(score)
@@ -361,6 +377,7 @@ def check_misclassification_against_sklearn(score):
         sklearn_fpr_at_tpr(correct, confidence), abs=1e-12)
 
 
+@pytest.mark.backend_independent
 def test_misclassification_detection_with_ties_and_samples():
     rng = np.random.default_rng(4)
     # Confidences drawn from 3 values: many ties.
@@ -379,6 +396,7 @@ def test_misclassification_detection_with_ties_and_samples():
     assert out["auroc"] == pytest.approx(roc_auc_score(correct, -mi))
 
 
+@pytest.mark.backend_independent
 def test_misclassification_detection_all_correct_or_all_wrong_is_nan():
     probs = two_class([0.9, 0.8, 0.7])
     for labels, acc in (([0, 0, 0], 1.0), ([1, 1, 1], 0.0)):
@@ -388,6 +406,7 @@ def test_misclassification_detection_all_correct_or_all_wrong_is_nan():
             assert math.isnan(out[key])
 
 
+@pytest.mark.backend_independent
 def test_ood_detection_matches_sklearn():
     for score in ("entropy", "max_prob", "mutual_information"):
         check_ood_against_sklearn(score)
@@ -423,6 +442,7 @@ def check_ood_against_sklearn(score):
         assert again == pytest.approx(out)
 
 
+@pytest.mark.backend_independent
 def test_ood_detection_with_identical_predictions_is_chance():
     probs = two_class([0.6, 0.9, 0.6, 0.9])
     out = metrics.ood_detection(probs, probs)
@@ -431,6 +451,7 @@ def test_ood_detection_with_identical_predictions_is_chance():
     assert out["aupr_out"] == pytest.approx(0.5)
 
 
+@pytest.mark.backend_independent
 def test_ood_detection_bad_input():
     probs = two_class([0.6, 0.9])
     with pytest.raises(ValueError, match="`probs_out` is empty"):
@@ -450,6 +471,7 @@ def test_ood_detection_bad_input():
 # ----------------------------------------------------------------------------
 
 
+@pytest.mark.backend_independent
 def test_gaussian_nll_and_coverage_match_scipy():
     rng = np.random.default_rng(12)
     mean = rng.normal(size=(300, 2))
@@ -479,6 +501,7 @@ REGRESSION_BAD_INPUT = [
 ]
 
 
+@pytest.mark.backend_independent
 def test_regression_bad_input():
     for args, message in REGRESSION_BAD_INPUT:
         for fn in (metrics.gaussian_nll, metrics.interval_coverage):
@@ -516,6 +539,7 @@ CLASSIFICATION_BAD_INPUT = [
 ]
 
 
+@pytest.mark.backend_independent
 def test_classification_bad_input():
     for labels, probs, message in CLASSIFICATION_BAD_INPUT:
         for fn in (metrics.accuracy, metrics.negative_log_likelihood,
@@ -528,6 +552,7 @@ def test_classification_bad_input():
                 fn(labels, probs)
 
 
+@pytest.mark.backend_independent
 def test_probabilities_within_tolerance_are_used_as_given():
     # Rows summing to 1.0005 pass unchanged; a confidence above 1 is in
     # the last bin.
@@ -537,6 +562,7 @@ def test_probabilities_within_tolerance_are_used_as_given():
     assert bins["confidence"][-1] == pytest.approx(1.9 / 2 * (1 + 5e-4))
 
 
+@pytest.mark.backend_independent
 def test_bad_num_bins():
     message = "`num_bins` must be an integer"
     for num_bins in (0, -3, 2.5, True, "10", None):
@@ -548,6 +574,7 @@ def test_bad_num_bins():
             metrics.ExpectedCalibrationError(num_bins=num_bins)
 
 
+@pytest.mark.backend_independent
 def test_numpy_integer_num_bins_and_bad_binning():
     assert metrics.expected_calibration_error(
         GOOD_LABELS, GOOD_PROBS, np.int64(4)) == (
@@ -556,6 +583,7 @@ def test_numpy_integer_num_bins_and_bad_binning():
         metrics.calibration_bins(GOOD_LABELS, GOOD_PROBS, 10, "quantile")
 
 
+@pytest.mark.backend_independent
 def test_bad_samples_and_scores():
     with pytest.raises(ValueError, match="`sample_probs` must hold at least "
                                          "one sample"):

@@ -284,6 +284,7 @@ def test_shape_mismatch_is_a_clear_error():
         opt.build(model.trainable_variables)
 
 
+@pytest.mark.backend_independent
 @pytest.mark.parametrize(
     "args, message",
     [

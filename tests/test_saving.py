@@ -58,6 +58,19 @@ def _model_and_fit(x, y, epochs, callbacks=(), initial_epoch=0, model=None):
     return model
 
 
+_UNINTERRUPTED = {}
+
+
+def _uninterrupted(x, y, epochs):
+    """The uninterrupted reference run, trained once per epoch count:
+    `_model_and_fit` seeds the model and the optimizer, so every test would
+    train this same run. Callers only read it (weights, optimizer state)
+    or save it."""
+    if epochs not in _UNINTERRUPTED:
+        _UNINTERRUPTED[epochs] = _model_and_fit(x, y, epochs=epochs)
+    return _UNINTERRUPTED[epochs]
+
+
 def _optimizer_values(model):
     return [_numpy(v) for v in model.optimizer.variables]
 
@@ -105,7 +118,7 @@ def test_backup_and_restore_resumes_exactly(digits, tmp_path):
     the middle is replayed from its start, whatever the optimizer), so the
     interruption is at an epoch boundary."""
     x, y, _, _ = digits
-    reference = _model_and_fit(x, y, epochs=3)
+    reference = _uninterrupted(x, y, epochs=3)
     backup_dir = str(tmp_path / "backup")
     with pytest.raises(RuntimeError, match="interrupted"):
         _model_and_fit(x, y, epochs=3, callbacks=[
@@ -127,7 +140,7 @@ def test_mid_epoch_checkpoint_holds_the_exact_training_state(digits,
     seed and the step: continuing from it on the remaining batches gives
     the uninterrupted run's result."""
     x, y, _, _ = digits
-    reference = _model_and_fit(x, y, epochs=1)
+    reference = _uninterrupted(x, y, epochs=1)
     path = str(tmp_path / "mid.keras")
 
     class SaveAt(keras.callbacks.Callback):
@@ -146,7 +159,7 @@ def test_mid_epoch_checkpoint_holds_the_exact_training_state(digits,
 
 def test_model_checkpoint_file_resumes_exactly(digits, tmp_path):
     x, y, _, _ = digits
-    reference = _model_and_fit(x, y, epochs=3)
+    reference = _uninterrupted(x, y, epochs=3)
     path = str(tmp_path / "ckpt.keras")
     with pytest.raises(RuntimeError, match="interrupted"):
         _model_and_fit(x, y, epochs=3, callbacks=[
@@ -158,7 +171,7 @@ def test_model_checkpoint_file_resumes_exactly(digits, tmp_path):
 
 def test_loaded_model_evaluates_at_the_mean(digits, tmp_path):
     x, y, xv, yv = digits
-    model = _model_and_fit(x, y, epochs=1)
+    model = _uninterrupted(x, y, epochs=1)
     path = os.path.join(tmp_path, "m.keras")
     model.save(path)
     loaded = keras.models.load_model(path)

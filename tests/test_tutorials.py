@@ -12,8 +12,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TUTORIALS = sorted(glob.glob(os.path.join(ROOT, "tutorials", "*.py")))
 
 
-# Backend-independent notebooks run once: 04 starts one process per backend
-# itself.
+# Backend-independent notebooks run once (under the first backend that
+# scripts/test.sh runs): 04 starts one process per backend itself.
 ONCE = {"04_switching_backends.py"}
 # The slowest notebooks (0.5-2 min each with JAX's CPU compiles) skip JAX,
 # whose suite is the longest; what they run is trained on JAX by the unit
@@ -22,12 +22,15 @@ NOT_ON_JAX = {"03_choosing_the_noise.py", "05_cifar10_in_practice.py",
               "06_continual_learning.py"}
 
 
-@pytest.mark.parametrize("path", TUTORIALS, ids=os.path.basename)
+def _tutorial(path):
+    if os.path.basename(path) in ONCE:
+        return pytest.param(path, marks=pytest.mark.backend_independent)
+    return path
+
+
+@pytest.mark.parametrize("path", [_tutorial(p) for p in TUTORIALS],
+                         ids=os.path.basename)
 def test_tutorial_runs(path):
-    if (os.path.basename(path) in ONCE
-            and keras.backend.backend() != "tensorflow"):
-        pytest.skip("runs every backend itself; executed once, under "
-                    "KERAS_BACKEND=tensorflow")
     if (os.path.basename(path) in NOT_ON_JAX
             and keras.backend.backend() == "jax"):
         pytest.skip("slow on JAX; runs under TensorFlow and torch")

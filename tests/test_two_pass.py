@@ -160,6 +160,7 @@ def test_sam_config_round_trip():
     assert type(again) is SAM and again.get_config() == config
 
 
+@pytest.mark.backend_independent
 @pytest.mark.parametrize("kwargs,name", [
     (dict(rho=-0.1), "rho"),
     (dict(momentum=1.0), "momentum"),

@@ -7,6 +7,7 @@ import pytest
 from keras_bayes.optimizers import SOBA
 
 
+@pytest.mark.backend_independent
 @pytest.mark.parametrize(
     "kwargs, message",
     [
