@@ -24,8 +24,8 @@ nvidia-smi --query-gpu=name,driver_version --format=csv | tee "$OUT/gpu.txt"
 status=0
 for backend in jax torch; do
   KERAS_BACKEND=$backend timeout 200 python3 -m pytest -q -p no:cacheprovider \
-    tests/test_soba_update.py tests/test_soba_fit.py tests/test_saving.py \
-    tests/test_two_pass.py tests/test_bsam.py tests/test_reference_ivon.py \
+    tests/optimizers/test_soba_update.py tests/optimizers/test_soba_fit.py tests/test_saving.py \
+    tests/training/test_two_pass.py tests/optimizers/test_bsam.py tests/optimizers/test_reference_ivon.py \
     2>&1 | tee "$OUT/pytest_$backend.log" | tail -3 || status=1
 done
 for backend in jax torch; do

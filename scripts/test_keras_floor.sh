@@ -22,9 +22,9 @@ if [ -z "$floor" ]; then
   exit 2
 fi
 backend_pin=$(grep -E "^jax" requirements/cpu-backends.txt)
-tests=${KERAS_FLOOR_TESTS:-"tests/test_keras_compat.py tests/test_two_pass.py
-  tests/test_saving.py tests/test_soba_update.py tests/test_bsam.py
-  tests/test_multi_sample.py"}
+tests=${KERAS_FLOOR_TESTS:-"tests/test_keras_compat.py tests/training/test_two_pass.py
+  tests/test_saving.py tests/optimizers/test_soba_update.py tests/optimizers/test_bsam.py
+  tests/training/test_multi_sample.py"}
 
 if [ ! -x "$VENV/bin/python" ]; then
   "$PYTHON" -m venv "$VENV"

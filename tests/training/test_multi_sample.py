@@ -9,9 +9,9 @@ from keras_bayes.optimizers import BSAM
 from keras_bayes.optimizers import SOBA
 from keras_bayes.training import TwoPassModel
 from tests import helpers
-from tests.test_two_pass import data
-from tests.test_two_pass import dense_model
-from tests.test_two_pass import mse_grads
+from tests.training.test_two_pass import data
+from tests.training.test_two_pass import dense_model
+from tests.training.test_two_pass import mse_grads
 
 EAGER = pytest.mark.parametrize("eager", [False, True],
                                 ids=["compiled", "eager"])

@@ -6,9 +6,9 @@ import pytest
 
 from keras_bayes.optimizers.bsam import BSAM
 from keras_bayes.training import TwoPassModel
-from tests.test_two_pass import data
-from tests.test_two_pass import dense_model
-from tests.test_two_pass import mse_grads
+from tests.training.test_two_pass import data
+from tests.training.test_two_pass import dense_model
+from tests.training.test_two_pass import mse_grads
 
 EAGER = pytest.mark.parametrize("eager", [False, True],
                                 ids=["compiled", "eager"])

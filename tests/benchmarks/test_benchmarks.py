@@ -14,7 +14,7 @@ import sys
 import keras
 import pytest
 
-SCRIPT = pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / (
+SCRIPT = pathlib.Path(__file__).resolve().parents[2] / "benchmarks" / (
     "step_cost.py"
 )
 

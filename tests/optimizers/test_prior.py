@@ -12,9 +12,9 @@ from keras_bayes.optimizers import SOBA
 from keras_bayes.posterior import PriorSpec
 from keras_bayes.training import TwoPassModel
 from tests import helpers
-from tests.test_two_pass import data
-from tests.test_two_pass import dense_model
-from tests.test_two_pass import mse_grads
+from tests.training.test_two_pass import data
+from tests.training.test_two_pass import dense_model
+from tests.training.test_two_pass import mse_grads
 
 HP = dict(ess=200.0, hess_init=0.3, beta1=0.8, beta2=0.9, weight_decay=0.05)
 FUSED = pytest.mark.parametrize("fused", [False, True],

@@ -15,7 +15,7 @@ from keras_bayes import models
 from keras_bayes.datasets import DEFAULT_CIFAR10_PATH
 
 HAS_ARCHIVE = os.path.exists(DEFAULT_CIFAR10_PATH)
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 @pytest.mark.slow
