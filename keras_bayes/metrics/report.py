@@ -35,8 +35,8 @@ def evaluate_probabilities(labels, probs, probs_ood=None, num_bins=15,
     Example:
 
     ```python
-    probs = model.predict(x_test)                    # a model ending in softmax
-    report = evaluate_probabilities(y_test, probs)   # or one-hot y_test
+    probs = model.predict(x_test)                   # ends in a softmax
+    report = evaluate_probabilities(y_test, probs)  # or one-hot y_test
     report["ece"], report["nll"]
     ```
     """
