@@ -188,18 +188,63 @@ def check_probs(probs, name="probs", ndims=(2,)):
     return array
 
 
+def is_one_hot(array):
+    """Whether `array` is a 2-D array of 0/1 with two or more columns and
+    exactly one 1 in every row (the output of `keras.utils.to_categorical`)."""
+    array = np.asarray(array)
+    if array.ndim != 2 or array.shape[1] < 2 or array.dtype.kind not in "biuf":
+        return False
+    return bool(np.all((array == 0) | (array == 1))
+                and np.all(array.sum(axis=1) == 1))
+
+
+def one_hot_to_indices(labels, num_classes=None, name="labels"):
+    """Integer labels (n,) from one-hot labels (n, num_classes).
+
+    Accepted only when `is_one_hot` holds and, where `num_classes` is
+    given, the labels have exactly `num_classes` columns; anything else of
+    shape (n, k > 1) (soft or smoothed labels, several 1s in a row, a
+    different number of classes) raises `ValueError`, since which class it
+    means cannot be read off safely.
+    """
+    array = np.asarray(labels)
+    if not is_one_hot(array):
+        raise ValueError(
+            f"`{name}` has shape {array.shape}, but is not one-hot (0/1 "
+            "with exactly one 1 per row). Pass integer class indices of "
+            "shape (n,), or one-hot labels of shape (n, num_classes); for "
+            f"soft labels, e.g. `{name}.argmax(axis=-1)`"
+        )
+    if num_classes is not None and array.shape[1] != num_classes:
+        raise ValueError(
+            f"`{name}` looks one-hot with {array.shape[1]} columns (shape "
+            f"{array.shape}), but the probabilities have {num_classes} "
+            f"classes. Pass one-hot labels of shape (n, {num_classes}) "
+            "(`keras.utils.to_categorical(y, num_classes)`) or integer "
+            "class indices"
+        )
+    return np.argmax(array, axis=1)
+
+
 def check_labels(labels, num_examples, num_classes, name="labels"):
-    """Integer class labels of shape (n,) (or (n, 1)) in [0, num_classes)."""
+    """Class labels as int64 (n,), each in [0, num_classes).
+
+    Accepts integer class indices of shape (n,) or (n, 1), and one-hot
+    labels of shape (n, num_classes) (`one_hot_to_indices`), which become
+    their argmax.
+    """
     array = np.asarray(labels)
     if array.dtype.kind not in "biuf":
         raise ValueError(
             f"`{name}` must hold integer class indices. Received dtype "
             f"{array.dtype}"
         )
+    if array.ndim == 2 and array.shape[1] > 1:
+        array = one_hot_to_indices(array, num_classes, name)
     if array.ndim > 1 and array.shape[1:] != (1,) * (array.ndim - 1):
         raise ValueError(
-            f"`{name}` must have shape (n,) or (n, 1). Received shape "
-            f"{array.shape}"
+            f"`{name}` must have shape (n,), (n, 1) or, one-hot, "
+            f"(n, {num_classes}). Received shape {array.shape}"
         )
     array = array.reshape(-1)
     if array.shape[0] != num_examples:

@@ -4,9 +4,11 @@ import keras
 import numpy as np
 
 from keras_bayes._validation import check_positive_integer
+from keras_bayes._validation import one_hot_to_indices
 from keras_bayes.metrics.report import evaluate_uncertainty
 from keras_bayes.optimizers.base import unwrap_optimizer
 from keras_bayes.predictive import Predictive
+from keras_bayes.predictive import check_dropout_model
 
 
 @keras.saving.register_keras_serializable(package="keras_bayes")
@@ -33,9 +35,28 @@ class UncertaintyMetrics(keras.callbacks.Callback):
     (MC dropout). The model's weights are restored after every evaluation,
     so training continues exactly as without the callback.
 
+    Inputs are checked when the callback is made, before any training:
+    `ood_data` must have the feature shape of the validation inputs
+    (`x.shape[1:]`), and labels of shape (n, k > 1) must be one-hot.
+    With `method="dropout"` the model must have a dropout layer (checked
+    at the start of `fit`).
+
+    Example:
+
+    ```python
+    model.fit(x_train, y_train, epochs=10, callbacks=[
+        keras_bayes.callbacks.UncertaintyMetrics(
+            (x_val, y_val), ood_data=x_ood, from_logits=True),
+        keras.callbacks.CSVLogger("log.csv"),   # sees val_bma_ece, ...
+    ])
+    ```
+
     Args:
-        validation_data: `(x, y)` with integer labels.
-        ood_data: optional out-of-distribution inputs.
+        validation_data: `(x, y)`, with integer labels of shape (n,) or
+            (n, 1), or one-hot labels of shape (n, num_classes) (exactly
+            one 1 per row).
+        ood_data: optional out-of-distribution inputs, shaped like the
+            validation inputs except for the number of examples.
         num_samples: int >= 1, posterior samples of the average.
         frequency: evaluate every this many epochs (epochs 0, f, 2f, ...,
             and the last). On other epochs the keys are absent, as with
@@ -68,10 +89,29 @@ class UncertaintyMetrics(keras.callbacks.Callback):
             raise ValueError(
                 "`validation_data` inputs and labels differ in length: "
                 f"{len(x)} and {len(y)}")
-        if ood_data is not None and len(ood_data) == 0:
-            raise ValueError("`ood_data` is empty")
-        self.validation_data = (np.asarray(x), np.asarray(y).reshape(-1))
-        self.ood_data = None if ood_data is None else np.asarray(ood_data)
+        x, y = np.asarray(x), np.asarray(y)
+        if len(x) == 0:
+            raise ValueError(
+                "`validation_data` has no examples. Received inputs of "
+                f"shape {x.shape}")
+        if y.ndim == 2 and y.shape[1] > 1:
+            # Checked now; the class count is checked against the model's
+            # outputs at the first evaluation.
+            one_hot_to_indices(y, name="validation_data labels")
+        else:
+            y = y.reshape(-1)
+        if ood_data is not None:
+            ood_data = np.asarray(ood_data)
+            if len(ood_data) == 0:
+                raise ValueError("`ood_data` is empty")
+            if ood_data.shape[1:] != x.shape[1:]:
+                raise ValueError(
+                    "`ood_data` must have the feature shape of the "
+                    f"validation inputs, {x.shape[1:]} (validation inputs "
+                    f"of shape {x.shape}). Received: ood_data of shape "
+                    f"{ood_data.shape}")
+        self.validation_data = (x, y)
+        self.ood_data = ood_data
         self.num_samples = num_samples
         self.frequency = frequency
         self.from_logits = bool(from_logits)
@@ -105,6 +145,11 @@ class UncertaintyMetrics(keras.callbacks.Callback):
             for kind, block in report.items()
             for name, value in block.items()
         }
+
+    def on_train_begin(self, logs=None):
+        # Fail before the first epoch, not after it.
+        if self.method == "dropout":
+            check_dropout_model(self.model)
 
     def on_epoch_end(self, epoch, logs=None):
         # The first epoch always, so loggers that fix their columns at the

@@ -3,10 +3,12 @@
 NumPy functions (no scikit-learn or SciPy needed) and streaming Keras
 metrics. Conventions, detailed in each submodule's docstring:
 
-- Inputs: integer `labels` (n,) in [0, k); `probs` (n, k) with finite,
-  non-negative rows summing to 1 within 1e-3, used as given (never
-  renormalised; otherwise `ValueError`). Where samples are accepted,
-  `probs` may be (S, n, k) and its mean over samples is the prediction.
+- Inputs: integer `labels` (n,) in [0, k), or one-hot (n, k) with exactly
+  one 1 per row (read as their argmax; other (n, k) labels raise);
+  `probs` (n, k) with finite, non-negative rows summing to 1 within 1e-3,
+  used as given (never renormalised; otherwise `ValueError`). Where
+  samples are accepted, `probs` may be (S, n, k) and its mean over
+  samples is the prediction.
   Empty inputs, mismatched lengths, fractional or out-of-range labels and
   NaN/inf raise `ValueError` naming the argument.
 - Confidence c = max_j p_j; prediction = argmax (first maximal class).

@@ -1,11 +1,12 @@
 """Classification and calibration metrics as plain NumPy functions.
 
-Inputs: integer `labels` of shape (n,) (or (n, 1)) in [0, k) and predicted
-class probabilities `probs` of shape (n, k). Rows of `probs` must be finite,
-non-negative and sum to 1 within 1e-3; they are used as given, never
-renormalised (pass logits through a softmax first). Anything else - empty
-input, mismatched lengths, fractional or out-of-range labels, NaN/inf -
-raises `ValueError` naming the argument.
+Inputs: integer `labels` of shape (n,) (or (n, 1)) in [0, k), or one-hot
+labels of shape (n, k) with exactly one 1 per row (their argmax), and
+predicted class probabilities `probs` of shape (n, k). Rows of `probs`
+must be finite, non-negative and sum to 1 within 1e-3; they are used as
+given, never renormalised (pass logits through a softmax first). Anything
+else - empty input, mismatched lengths, fractional or out-of-range labels,
+NaN/inf - raises `ValueError` naming the argument.
 
 Confidence and correctness. For example i, the confidence is
 c_i = max_j p_ij and the prediction is argmax_j p_ij (the first maximal

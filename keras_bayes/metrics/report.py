@@ -1,7 +1,5 @@
 """One call that evaluates a predictive distribution the way the papers do."""
 
-import numpy as np
-
 from keras_bayes.metrics.calibration import classification_report
 from keras_bayes.metrics.calibration import maximum_calibration_error
 from keras_bayes.metrics.detection import misclassification_detection
@@ -29,8 +27,19 @@ def evaluate_probabilities(labels, probs, probs_ood=None, num_bins=15,
     For any classifier (no posterior needed): accuracy, nll, ece, mce,
     brier, misclassification_auroc and, with `probs_ood`, ood_auroc,
     ood_aupr_in, ood_aupr_out and ood_fpr_at_95_tpr.
+
+    `labels` are integer class indices, shape (n,) or (n, 1), or one-hot,
+    shape (n, k) with k the number of classes of `probs` and exactly one 1
+    per row (then their argmax); other (n, k) labels raise `ValueError`.
+
+    Example:
+
+    ```python
+    probs = model.predict(x_test)                   # ends in a softmax
+    report = evaluate_probabilities(y_test, probs)  # or one-hot y_test
+    report["ece"], report["nll"]
+    ```
     """
-    labels = np.asarray(labels).reshape(-1)
     block = _block(labels, probs, num_bins)
     if probs_ood is not None:
         ood = ood_detection(probs, probs_ood, score=ood_score)
@@ -44,7 +53,10 @@ def evaluate_uncertainty(predictive, x, y, x_ood=None, num_bins=15,
 
     Args:
         predictive: a `keras_bayes.Predictive`.
-        x, y: in-distribution inputs and integer labels.
+        x, y: in-distribution inputs and labels: integer class indices,
+            shape (n,) or (n, 1), or one-hot, shape (n, k) with exactly one
+            1 per row and k the number of classes (see
+            `evaluate_probabilities`).
         x_ood: optional out-of-distribution inputs (the positive class of
             the OOD scores).
         num_bins: equal-width bins of ECE and MCE.
@@ -61,7 +73,6 @@ def evaluate_uncertainty(predictive, x, y, x_ood=None, num_bins=15,
         confidence, correct = positive) and, with `x_ood`, ood_auroc,
         ood_aupr_in, ood_aupr_out and ood_fpr_at_95_tpr.
     """
-    y = np.asarray(y).reshape(-1)
     result = {}
     if at_mean:
         probs = predictive.predict_at_mean(x)
