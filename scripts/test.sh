@@ -1,18 +1,81 @@
 #!/usr/bin/env bash
-# Installs everything, then runs the test suite once per backend.
-# Usage: scripts/test.sh [pytest args...]   (BACKENDS="jax torch" to subset)
+# Installs everything, then runs the test suite once per backend, and the
+# training-step/saving/optimizer subset on the oldest Keras pyproject.toml
+# admits (scripts/test_keras_floor.sh).
+# Usage: scripts/test.sh [pytest args...]
+#   BACKENDS="jax torch"  run a subset of backends (the Keras floor run is
+#                         then skipped unless KERAS_FLOOR=1)
+#   TEST_LANES=1          run everything one after the other (default 2:
+#                         the first backend and the floor subset in one
+#                         lane, the other backends in a second lane; the
+#                         machine has 2 cores and a test process mostly
+#                         keeps one busy)
 # Tests marked `backend_independent` (their outcome cannot depend on
 # KERAS_BACKEND) run under the first backend only; a `-m` of your own
 # replaces that filter, so they then run under every backend.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup_env.sh
-status=0
-only_once=()
-for backend in ${BACKENDS:-tensorflow jax torch}; do
+
+read -r -a backends <<< "${BACKENDS:-tensorflow jax torch}"
+if [ -n "${BACKENDS:-}" ]; then floor=${KERAS_FLOOR:-0}; else floor=${KERAS_FLOOR:-1}; fi
+lanes=${TEST_LANES:-2}
+logs=$(mktemp -d)
+trap 'rm -rf "$logs"' EXIT
+
+run_backend() {  # BACKEND ONLY_ONCE(0|1) [pytest args...]
+  local backend=$1 first=$2
+  shift 2
+  local filter=()
+  if [ "$first" = 0 ]; then filter=(-m "not backend_independent"); fi
   echo "=== KERAS_BACKEND=$backend ==="
-  KERAS_BACKEND=$backend .venv/bin/python -m pytest -q -p no:cacheprovider \
-    --timeout=900 ${only_once[@]+"${only_once[@]}"} "$@" || status=1
-  only_once=(-m "not backend_independent")
-done
+  # A temporary folder per backend: tutorials and the harness write there,
+  # and two lanes must not share their outputs.
+  local tmp
+  tmp=$(mktemp -d)
+  TMPDIR=$tmp KERAS_BACKEND=$backend .venv/bin/python -m pytest -q \
+    -p no:cacheprovider --timeout=900 ${filter[@]+"${filter[@]}"} "$@"
+  local rc=$?
+  rm -rf "$tmp"
+  return $rc
+}
+
+lane_first() {  # the first backend with everything, then the Keras floor
+  local rc=0
+  local start=$SECONDS
+  run_backend "${backends[0]}" 1 "$@" || rc=1
+  echo "--- ${backends[0]}: $((SECONDS - start)) s"
+  if [ "$floor" = 1 ]; then
+    start=$SECONDS
+    scripts/test_keras_floor.sh || rc=1
+    echo "--- Keras floor subset (with its install): $((SECONDS - start)) s"
+  fi
+  return $rc
+}
+
+lane_rest() {  # every other backend, without the backend-independent tests
+  local rc=0 backend start
+  for backend in "${backends[@]:1}"; do
+    start=$SECONDS
+    run_backend "$backend" 0 "$@" || rc=1
+    echo "--- $backend: $((SECONDS - start)) s"
+  done
+  return $rc
+}
+
+status=0
+start=$SECONDS
+if [ "$lanes" -le 1 ] || [ "${#backends[@]}" -le 1 ]; then
+  lane_first "$@" || status=1
+  lane_rest "$@" || status=1
+else
+  lane_first "$@" > "$logs/first.log" 2>&1 &
+  first_pid=$!
+  lane_rest "$@" > "$logs/rest.log" 2>&1 &
+  rest_pid=$!
+  wait "$first_pid" || status=1
+  wait "$rest_pid" || status=1
+  cat "$logs/first.log" "$logs/rest.log"
+fi
+echo "=== all tests: $((SECONDS - start)) s, exit status $status ==="
 exit $status
