@@ -1,0 +1,108 @@
+"""What a new user hits first: `SOBA()` out of the box, and silent failures
+made loud (issue 16, optimizer rows)."""
+
+import warnings
+
+import keras
+import numpy as np
+import pytest
+
+import keras_bayes
+from keras_bayes.optimizers import SOBA
+
+LOSS = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+
+
+def logistic_regression():
+    return keras.Sequential([keras.Input((64,)), keras.layers.Dense(10)])
+
+
+def shuffled_digits():
+    from sklearn.datasets import load_digits
+
+    x, y = load_digits(return_X_y=True)
+    order = np.random.default_rng(0).permutation(len(x))
+    x, y = (x[order] / 16.0).astype("float32"), y[order]
+    return x[:1400], y[:1400], x[1400:], y[1400:]
+
+
+def test_soba_with_no_arguments_trains_digits():
+    x, y, xv, yv = shuffled_digits()
+    model = logistic_regression()
+    model.compile(optimizer=SOBA(), loss=LOSS, metrics=["accuracy"])
+    initial = [v.numpy().copy() for v in model.trainable_variables]
+    model.fit(x, y, epochs=6, verbose=0)
+    opt = model.optimizer
+    assert opt.ess == len(x)
+    assert model.evaluate(xv, yv, verbose=0)[1] >= 0.9
+    # The posterior moved: the mean from the initial weights, σ from
+    # 1/sqrt(ess·(h0 + δ)).
+    moved = [np.abs(m - w).max() for m, w in zip(opt.posterior_mean(),
+                                                 initial)]
+    assert min(moved) > 0.05
+    initial_std = 1.0 / np.sqrt(len(x) * (opt.hess_init + opt.weight_decay))
+    assert max(np.abs(s - initial_std).max()
+               for s in opt.posterior_std()) > 1e-6
+
+
+def test_ess_is_the_training_part_and_is_saved(tmp_path):
+    x = np.random.default_rng(0).normal(size=(100, 64)).astype("float32")
+    y = np.arange(100) % 10
+    model = logistic_regression()
+    model.compile(optimizer=SOBA(), loss=LOSS)
+    model.fit(x, y, batch_size=16, validation_split=0.2, epochs=1,
+              verbose=0)
+    assert model.optimizer.ess == 80
+    path = tmp_path / "m.keras"
+    model.save(path)
+    assert keras.models.load_model(path).optimizer.ess == 80
+    # A later fit on other data keeps it.
+    model.fit(x[:50], y[:50], epochs=1, verbose=0)
+    assert model.optimizer.ess == 80
+
+
+def test_unknown_size_asks_for_ess():
+    x = np.zeros((8, 64), "float32")
+    y = np.zeros((8,), "int32")
+
+    def batches():
+        while True:
+            yield x, y
+
+    model = logistic_regression()
+    model.compile(optimizer=SOBA(), loss=LOSS)
+    with pytest.raises(ValueError, match=r"ess=len\(x_train\)"):
+        model.fit(batches(), steps_per_epoch=2, epochs=1, verbose=0)
+    model = logistic_regression()
+    model.compile(optimizer=SOBA(), loss=LOSS)
+    with pytest.raises(ValueError, match=r"ess=len\(x_train\)"):
+        model.train_on_batch(x, y)
+    # Given explicitly, the generator trains.
+    model = logistic_regression()
+    model.compile(optimizer=SOBA(ess=8), loss=LOSS)
+    model.fit(batches(), steps_per_epoch=2, epochs=1, verbose=0)
+
+
+@pytest.mark.backend_independent
+def test_unresolved_ess_is_a_clear_error_for_the_posterior():
+    model = logistic_regression()
+    opt = SOBA()
+    opt.build(model.trainable_variables)
+    with pytest.raises(ValueError, match="ess=None"):
+        opt.posterior_std()
+
+
+@pytest.mark.parametrize("ess, warns", [(1, True), (512, False),
+                                        (100_000, True)])
+def test_ess_far_from_the_data_size_warns(ess, warns):
+    x = np.zeros((512, 64), "float32")
+    y = np.zeros((512,), "int32")
+    model = logistic_regression()
+    model.compile(optimizer=SOBA(ess=ess), loss=LOSS)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model.fit(x, y, batch_size=128, epochs=1, verbose=0)
+    messages = [str(w.message) for w in caught if "`ess`" in str(w.message)]
+    assert bool(messages) == warns
+    if warns:
+        assert "512" in messages[0] and "10x" in messages[0]
