@@ -106,3 +106,46 @@ def test_ess_far_from_the_data_size_warns(ess, warns):
     assert bool(messages) == warns
     if warns:
         assert "512" in messages[0] and "10x" in messages[0]
+
+
+def _messages(caught, text):
+    return [str(w.message) for w in caught if text in str(w.message)]
+
+
+def test_skipped_steps_warn_once_with_the_count_and_are_logged():
+    x = np.random.default_rng(0).normal(size=(64, 64)).astype("float32")
+    y = np.arange(64) % 10
+    x[16:24] = np.nan  # batch 2 of 8
+    x[40] = np.inf  # batch 5
+    model = logistic_regression()
+    model.compile(optimizer=SOBA(ess=64), loss=LOSS)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        history = model.fit(
+            x, y, batch_size=8, epochs=2, shuffle=False, verbose=0,
+            callbacks=[keras_bayes.callbacks.NonfiniteSteps()])
+    skipped = _messages(caught, "NaN or Inf gradient")
+    assert len(skipped) == 1 and "skipped 4 of 16 steps" in skipped[0]
+    assert history.history["nonfinite_steps"] == [2, 4]
+    assert model.optimizer.nonfinite_steps == 4
+    assert all(np.all(np.isfinite(m)) for m in model.optimizer.posterior_mean())
+    # The next fit reports only its own steps.
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model.fit(x[:8], y[:8], batch_size=8, epochs=1, verbose=0)
+    assert not _messages(caught, "NaN or Inf gradient")
+
+
+@pytest.mark.parametrize("beta2, warns", [(0.99999, True), (0.9, False)])
+def test_short_run_for_beta2_warns_at_the_end_of_fit(beta2, warns):
+    x = np.random.default_rng(0).normal(size=(64, 64)).astype("float32")
+    y = np.arange(64) % 10
+    model = logistic_regression()
+    model.compile(optimizer=SOBA(ess=64, beta2=beta2), loss=LOSS)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model.fit(x, y, batch_size=16, epochs=2, verbose=0)
+    messages = _messages(caught, "beta2")
+    assert len(messages) == (1 if warns else 0)
+    if warns:
+        assert "ran 8 steps" in messages[0] and "hess_init" in messages[0]

@@ -28,6 +28,7 @@ Private Keras API goes through `keras_bayes._keras_compat`.
 """
 
 import contextlib
+import warnings
 
 import keras
 import numpy as np
@@ -240,6 +241,9 @@ class PosteriorOptimizer(keras.optimizers.Optimizer):
         self._nonfinite_steps = self.add_variable(
             shape=(), dtype="int32", initializer="zeros",
             name="nonfinite_steps", aggregation="only_first_replica")
+        # (steps, skipped steps) at the end of the last `fit`, so that its
+        # end reports only its own steps.
+        self._reported_counts = (0, 0)
         self._state = {}
         for name in self.state_names:
             self._state[name] = [
@@ -282,6 +286,7 @@ class PosteriorOptimizer(keras.optimizers.Optimizer):
 
     def load_own_variables(self, store):
         super().load_own_variables(store)
+        self._reported_counts = self._step_counts()
         self._prior_values_missing = False
 
     def _prior_terms(self, index, variable):
@@ -533,6 +538,30 @@ class PosteriorOptimizer(keras.optimizers.Optimizer):
         if backend.optimizer_state_detached(self._state["mean"]):
             return
         self._write_weights(self._mean_values())
+        counts = self._step_counts()
+        steps, skipped = (now - before for now, before in
+                          zip(counts, self._reported_counts))
+        self._reported_counts = counts
+        self._report_fit(steps, skipped)
+
+    def _step_counts(self):
+        return (int(ops.convert_to_numpy(self.iterations)),
+                int(ops.convert_to_numpy(self._nonfinite_steps)))
+
+    def _report_fit(self, steps, skipped):
+        """Warn, once at the end of a `fit` of `steps` updates, about what
+        would otherwise go unnoticed (subclasses add their own checks)."""
+        if skipped:
+            warnings.warn(
+                f"{type(self).__name__} skipped {skipped} of {steps} steps "
+                "of this `fit` for a NaN or Inf gradient "
+                "(nonfinite_gradients='skip'): those steps left the "
+                "posterior unchanged. Lower the learning rate, check the "
+                "data and the loss, or pass nonfinite_gradients='raise' to "
+                "stop at the first one. `optimizer.nonfinite_steps` counts "
+                "them; `keras_bayes.callbacks.NonfiniteSteps()` puts the "
+                "count into the logs (History, CSVLogger, TensorBoard).",
+                stacklevel=2)
 
     # ------------------------------------------------------------------
     # Public posterior and weight API.

@@ -101,7 +101,8 @@ class SOBA(MultiPassOptimizer, base.PosteriorOptimizer):
     σ = 1/sqrt(λ·(h + δ)), stays near its initial value, so σ reflects
     `hess_init` rather than the data; take β2 ≈ 1 − 10/steps (e.g. 0.999
     for 10 000 steps) to let it move, or read the posterior as a prior-like
-    one. `fit` warns at its end when fewer than 1/(1−β2)/10 steps were run.
+    one. `fit` warns at its end when h has gone less than 10 % of the way
+    (1 − β2^t < 0.1 after t steps in all, about t < 0.1/(1−β2)).
 
     `ess=None` (the default): Keras never hands the data to an optimizer,
     but `model.fit` knows its size. When this optimizer is built (by `fit`,
@@ -313,6 +314,20 @@ class SOBA(MultiPassOptimizer, base.PosteriorOptimizer):
             self._resolve_ess(required=True)
         return super().apply(grads, trainable_variables)
 
+    def _report_fit(self, steps, skipped):
+        super()._report_fit(steps, skipped)
+        total = int(ops.convert_to_numpy(self.iterations))
+        moved = 1.0 - self.beta2 ** total
+        if total and moved < HESSIAN_MOVED_AT_LEAST:
+            warnings.warn(
+                f"SOBA ran {total} steps with beta2={self.beta2:g}: the "
+                "Hessian moves from `hess_init` with time constant "
+                f"1/(1-beta2) = {1.0 / (1.0 - self.beta2):.0f} steps, so it "
+                f"has gone {moved:.1%} of the way and the posterior std "
+                "still reflects `hess_init`, not the data. For a run of "
+                f"this length take beta2 <= {max(1.0 - 10.0 / total, 0.5):.6g} "
+                "(about 1 - 10/steps), or train longer.", stacklevel=3)
+
     def step_plan(self):
         return StepPlan(samples=self.mc_samples)
 
@@ -451,6 +466,10 @@ class SOBA(MultiPassOptimizer, base.PosteriorOptimizer):
         )
         return config
 
+
+# `fit` warns when the Hessian has gone less than this fraction of the way
+# from `hess_init` (1 − β2^t after t steps).
+HESSIAN_MOVED_AT_LEAST = 0.1
 
 # A given `ess` further than this factor from the examples per epoch warns.
 ESS_MISMATCH_FACTOR = 10.0
