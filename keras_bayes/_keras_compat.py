@@ -112,17 +112,14 @@ def symbolic_build(model, data_batch):
     model._symbolic_build(data_batch=data_batch)
 
 
-def fit_examples_per_epoch():
-    """Training examples per epoch of the `Model.fit` running on this
-    thread, or None where that is not known.
+def running_fit():
+    """`(model, epoch_iterator)` of the innermost `Model.fit` running on
+    this thread, or None outside `fit`.
 
-    Keras never hands the data to the optimizer; an optimizer built or
-    stepped by `fit` finds the call on the stack. Each backend's
-    `Trainer.fit` holds an `epoch_iterator` (a local) whose `data_adapter`
-    knows `num_batches`, `batch_size` and `partial_batch_size`: known for
-    arrays, tensors, a sized `PyDataset`/`torch` loader and a `tf.data`
-    dataset of known cardinality; None for a generator or a dataset of
-    unknown size (and outside `fit`: `train_on_batch`, a custom loop).
+    Keras never hands the model or the data to the optimizer; an optimizer
+    built or stepped by `fit` (the step is traced or run inside the call)
+    finds the call on the stack. Each backend's `Trainer.fit` holds its
+    data in a local `epoch_iterator`.
     """
     import sys
 
@@ -132,9 +129,23 @@ def fit_examples_per_epoch():
             model = frame.f_locals.get("self")
             iterator = frame.f_locals.get("epoch_iterator")
             if isinstance(model, keras.Model) and iterator is not None:
-                return _examples_per_epoch(iterator)
+                return model, iterator
         frame = frame.f_back
     return None
+
+
+def fit_examples_per_epoch():
+    """Training examples per epoch of the running `Model.fit`, or None
+    where that is not known.
+
+    From `epoch_iterator.data_adapter`'s `num_batches`, `batch_size` and
+    `partial_batch_size` (see `running_fit`): known for arrays, tensors, a
+    sized `PyDataset`/`torch` loader and a `tf.data` dataset of known
+    cardinality; None for a generator or a dataset of unknown size, and
+    outside `fit` (`train_on_batch`, a custom loop).
+    """
+    fit = running_fit()
+    return None if fit is None else _examples_per_epoch(fit[1])
 
 
 def _examples_per_epoch(epoch_iterator):

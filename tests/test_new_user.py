@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 import keras_bayes
+import keras_bayes.per_example
 from keras_bayes.optimizers import SOBA
 
 LOSS = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
@@ -149,3 +150,28 @@ def test_short_run_for_beta2_warns_at_the_end_of_fit(beta2, warns):
     assert len(messages) == (1 if warns else 0)
     if warns:
         assert "ran 8 steps" in messages[0] and "hess_init" in messages[0]
+
+
+@pytest.mark.parametrize("cls", ["SOBA", "VOGN"])
+def test_one_optimizer_in_two_models_is_refused_before_a_write(cls):
+    x = np.random.default_rng(0).normal(size=(32, 64)).astype("float32")
+    y = np.arange(32) % 10
+    opt = (SOBA(ess=32) if cls == "SOBA"
+           else keras_bayes.optimizers.VOGN(0.01, ess=32))
+    wrap = (keras_bayes.per_example.VOGNModel if cls == "VOGN"
+            else (lambda model: model))
+    first = wrap(logistic_regression())
+    first.compile(optimizer=opt, loss=LOSS)
+    first.fit(x, y, batch_size=8, epochs=1, verbose=0)
+    before = [v.numpy().copy() for v in first.trainable_variables]
+    state = [s.copy() for s in opt.posterior_mean()]
+    second = wrap(logistic_regression())
+    second.compile(optimizer=opt, loss=LOSS)
+    with pytest.raises(ValueError, match="(?i)new optimizer|recreate"):
+        second.fit(x, y, batch_size=8, epochs=1, verbose=0)
+    for a, b in zip(before, first.trainable_variables):
+        np.testing.assert_array_equal(a, b.numpy())
+    for a, b in zip(state, opt.posterior_mean()):
+        np.testing.assert_array_equal(a, b)
+    # The first model still trains with it.
+    first.fit(x, y, batch_size=8, epochs=1, verbose=0)
