@@ -175,3 +175,29 @@ def test_one_optimizer_in_two_models_is_refused_before_a_write(cls):
         np.testing.assert_array_equal(a, b)
     # The first model still trains with it.
     first.fit(x, y, batch_size=8, epochs=1, verbose=0)
+
+
+def test_model_checkpoint_saves_the_mean_and_the_posterior(tmp_path):
+    x = np.random.default_rng(0).normal(size=(64, 64)).astype("float32")
+    y = np.arange(64) % 10
+    model = logistic_regression()
+    opt = SOBA(ess=64, hess_init=0.05, beta2=0.9, seed=3)
+    model.compile(optimizer=opt, loss=LOSS)
+    path = tmp_path / "last.keras"
+    samples = []
+    record = keras.callbacks.LambdaCallback(
+        on_epoch_end=lambda epoch, logs: samples.append(
+            [v.numpy().copy() for v in model.trainable_variables]))
+    model.fit(x, y, batch_size=16, epochs=2, verbose=0, callbacks=[
+        keras_bayes.callbacks.ModelCheckpoint(path), record])
+    mean = opt.posterior_mean()
+    # The callback after it still sees the sample, not the mean.
+    assert max(np.abs(s - m).max() for s, m in zip(samples[-1], mean)) > 1e-3
+    loaded = keras.models.load_model(path)
+    for saved, m in zip(loaded.trainable_variables, mean):
+        np.testing.assert_allclose(saved.numpy(), m, rtol=1e-6, atol=1e-7)
+    for saved, s in zip(loaded.optimizer.posterior_std(), opt.posterior_std()):
+        np.testing.assert_allclose(saved, s, rtol=1e-6)
+    # Training continues from the saved posterior.
+    loaded.fit(x, y, batch_size=16, epochs=1, verbose=0)
+    assert int(loaded.optimizer.iterations.numpy()) == 12
