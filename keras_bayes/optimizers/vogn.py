@@ -265,6 +265,8 @@ class VOGN(PerExampleOptimizer, base.PosteriorOptimizer):
                      else _keras_compat.optimizer_variables_built_for(self))
         if not self.built:
             self.build(variables)
+        # Called before `apply`: refuse another model's variables here too.
+        self._check_fit_model()
         # A bad gradient skips the step (`nonfinite_gradients`); the old ĥ
         # is kept too, so a skipped step leaves no NaN in the state.
         finite = base.all_finite(squared_gradients)
