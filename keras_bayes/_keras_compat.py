@@ -112,6 +112,58 @@ def symbolic_build(model, data_batch):
     model._symbolic_build(data_batch=data_batch)
 
 
+def running_fit():
+    """`(model, epoch_iterator)` of the innermost `Model.fit` running on
+    this thread, or None outside `fit`.
+
+    Keras never hands the model or the data to the optimizer; an optimizer
+    built or stepped by `fit` (the step is traced or run inside the call)
+    finds the call on the stack. Each backend's `Trainer.fit` holds its
+    data in a local `epoch_iterator`.
+    """
+    import sys
+
+    frame = sys._getframe(1)
+    while frame is not None:
+        if frame.f_code.co_name == "fit":
+            model = frame.f_locals.get("self")
+            iterator = frame.f_locals.get("epoch_iterator")
+            if isinstance(model, keras.Model) and iterator is not None:
+                return model, iterator
+        frame = frame.f_back
+    return None
+
+
+def fit_examples_per_epoch():
+    """Training examples per epoch of the running `Model.fit`, or None
+    where that is not known.
+
+    From `epoch_iterator.data_adapter`'s `num_batches`, `batch_size` and
+    `partial_batch_size` (see `running_fit`): known for arrays, tensors, a
+    sized `PyDataset`/`torch` loader and a `tf.data` dataset of known
+    cardinality; None for a generator or a dataset of unknown size, and
+    outside `fit` (`train_on_batch`, a custom loop).
+    """
+    fit = running_fit()
+    return None if fit is None else _examples_per_epoch(fit[1])
+
+
+def _examples_per_epoch(epoch_iterator):
+    adapter = getattr(epoch_iterator, "data_adapter", None)
+    if adapter is None:
+        return None
+    try:
+        batches, batch_size = adapter.num_batches, adapter.batch_size
+        partial = adapter.partial_batch_size if batches else None
+    except (NotImplementedError, AttributeError, TypeError):
+        return None
+    if not batches or not batch_size or batches < 0:
+        return None
+    if partial:
+        return int((batches - 1) * batch_size + partial)
+    return int(batches * batch_size)
+
+
 def flatten_layers(model, include_self=False):
     """Every sublayer, recursively. `Layer._flatten_layers`."""
     return list(model._flatten_layers(include_self=include_self))

@@ -400,3 +400,37 @@ def test_jax_state_detached_while_the_trainer_holds_it():
                   callbacks=[Probe()])
         assert seen == [True], "fit holds the state outside the variables"
         assert compat.jax_state_detached(kernel) is False, "synced back"
+
+
+class _RecordExamples(keras.callbacks.Callback):
+    def __init__(self):
+        super().__init__()
+        self.seen = []
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self.seen.append(compat.fit_examples_per_epoch())
+
+
+@pytest.mark.parametrize("n, batch_size, split", [
+    (100, 32, 0.0), (96, 32, 0.0), (100, 16, 0.2)])
+def test_fit_examples_per_epoch_is_the_training_set_size(n, batch_size,
+                                                         split):
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)])
+    model.compile("sgd", "mse")
+    record = _RecordExamples()
+    x, y = np.zeros((n, 3), "float32"), np.zeros((n, 1), "float32")
+    with relied_on("Trainer.fit's epoch_iterator.data_adapter"):
+        model.fit(x, y, batch_size=batch_size, validation_split=split,
+                  epochs=1, verbose=0, callbacks=[record])
+        assert set(record.seen) == {int(n * (1 - split))}
+    # Unknown outside `fit` and for a generator.
+    assert compat.fit_examples_per_epoch() is None
+
+    def batches():
+        while True:
+            yield x[:10], y[:10]
+
+    record.seen.clear()
+    model.fit(batches(), steps_per_epoch=2, epochs=1, verbose=0,
+              callbacks=[record])
+    assert record.seen == [None, None]

@@ -28,6 +28,7 @@ Private Keras API goes through `keras_bayes._keras_compat`.
 """
 
 import contextlib
+import warnings
 
 import keras
 import numpy as np
@@ -193,6 +194,7 @@ class PosteriorOptimizer(keras.optimizers.Optimizer):
         # only) and have not been loaded yet.
         self._prior_values_missing = False
         self.nonfinite_gradients = nonfinite_gradients
+        self._checked_fit_model = None
         self._fuse = (
             backend.fuse_updates_by_default()
             if fused_update is None else bool(fused_update)
@@ -240,6 +242,9 @@ class PosteriorOptimizer(keras.optimizers.Optimizer):
         self._nonfinite_steps = self.add_variable(
             shape=(), dtype="int32", initializer="zeros",
             name="nonfinite_steps", aggregation="only_first_replica")
+        # (steps, skipped steps) at the end of the last `fit`, so that its
+        # end reports only its own steps.
+        self._reported_counts = (0, 0)
         self._state = {}
         for name in self.state_names:
             self._state[name] = [
@@ -282,6 +287,7 @@ class PosteriorOptimizer(keras.optimizers.Optimizer):
 
     def load_own_variables(self, store):
         super().load_own_variables(store)
+        self._reported_counts = self._step_counts()
         self._prior_values_missing = False
 
     def _prior_terms(self, index, variable):
@@ -294,6 +300,7 @@ class PosteriorOptimizer(keras.optimizers.Optimizer):
         )
 
     def apply(self, grads, trainable_variables=None):
+        self._check_fit_model()
         if self._prior_values_missing:
             raise ValueError(
                 f"This {type(self).__name__} was rebuilt from a config, "
@@ -302,6 +309,44 @@ class PosteriorOptimizer(keras.optimizers.Optimizer):
                 "are optimizer variables), or pass `prior=` a Posterior."
             )
         return super().apply(grads, trainable_variables)
+
+    @property
+    def variables(self):
+        # JAX's `fit` reads (and detaches) the optimizer's variables before
+        # its first step: the earliest point at which it meets this
+        # optimizer, so a second model is refused there, before anything
+        # is read, detached or written.
+        self._check_fit_model()
+        return super().variables
+
+    def _check_fit_model(self):
+        """Refuse a `fit` of a model this optimizer was not built for.
+
+        Keras' `apply(grads, variables)` refuses unknown variables (TF,
+        torch), but JAX's stateless step passes values, not variables, so a
+        second model would train on the first one's posterior and `fit`
+        would end by writing that mean into the first model. Checked once
+        per model, when `fit` first reads the optimizer's variables or
+        first applies a step.
+        """
+        fit = _keras_compat.running_fit() if self.built else None
+        # An id, not the model: an optimizer attribute that is a Keras
+        # object would be saved with the optimizer.
+        if fit is None or id(fit[0]) == self._checked_fit_model:
+            return
+        known = {id(v) for v in
+                 _keras_compat.optimizer_variables_built_for(self)}
+        unknown = [v.path for v in fit[0].trainable_variables
+                   if id(v) not in known]
+        if unknown:
+            raise ValueError(
+                f"This {type(self).__name__} instance was built for another "
+                f"model's variables; it holds that model's posterior and "
+                f"cannot train this one (unknown variables: "
+                f"{', '.join(unknown[:3])}{', ...' if len(unknown) > 3 else ''}"
+                "). Create a new optimizer for each model: "
+                f"`model.compile(optimizer={type(self).__name__}(...))`.")
+        self._checked_fit_model = id(fit[0])
 
     def draw_training_point(self, trainable_variables):
         """A fresh sample m + σ·z per trainable variable (training noise).
@@ -533,6 +578,30 @@ class PosteriorOptimizer(keras.optimizers.Optimizer):
         if backend.optimizer_state_detached(self._state["mean"]):
             return
         self._write_weights(self._mean_values())
+        counts = self._step_counts()
+        steps, skipped = (now - before for now, before in
+                          zip(counts, self._reported_counts))
+        self._reported_counts = counts
+        self._report_fit(steps, skipped)
+
+    def _step_counts(self):
+        return (int(ops.convert_to_numpy(self.iterations)),
+                int(ops.convert_to_numpy(self._nonfinite_steps)))
+
+    def _report_fit(self, steps, skipped):
+        """Warn, once at the end of a `fit` of `steps` updates, about what
+        would otherwise go unnoticed (subclasses add their own checks)."""
+        if skipped:
+            warnings.warn(
+                f"{type(self).__name__} skipped {skipped} of {steps} steps "
+                "of this `fit` for a NaN or Inf gradient "
+                "(nonfinite_gradients='skip'): those steps left the "
+                "posterior unchanged. Lower the learning rate, check the "
+                "data and the loss, or pass nonfinite_gradients='raise' to "
+                "stop at the first one. `optimizer.nonfinite_steps` counts "
+                "them; `keras_bayes.callbacks.NonfiniteSteps()` puts the "
+                "count into the logs (History, CSVLogger, TensorBoard).",
+                stacklevel=2)
 
     # ------------------------------------------------------------------
     # Public posterior and weight API.

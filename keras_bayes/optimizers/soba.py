@@ -1,6 +1,7 @@
 """SOBA: second-order optimization via Bayes (published as IVON)."""
 
 import math
+import warnings
 
 import keras
 from keras import ops
@@ -86,16 +87,67 @@ class SOBA(MultiPassOptimizer, base.PosteriorOptimizer):
     (`posterior_mean`, `posterior_std`, `sampled_weights`, `mean_weights`).
 
     Setting the hyperparameters: `ess` is the training-set size (times the
-    data-augmentation factor); `learning_rate` is on an SGD scale but can be
-    pushed higher; `hess_init` between 0.01 and 1 (too small gives noisy,
-    unstable samples, too large a near-deterministic network); `beta2` must
-    stay close to 1. The CIFAR-10 ResNet-20 recipe of the paper: α = 0.2,
-    h0 = 0.5, δ = 2e-4, β1 = 0.9, β2 = 0.99999, λ = 50 000, batch 50,
-    warmup then cosine decay.
+    data-augmentation factor), by default read from `fit`'s data (below);
+    `learning_rate` is on an SGD scale but can be pushed higher; `hess_init`
+    between 0.01 and 1 (too small gives noisy, unstable samples, too large a
+    near-deterministic network); `beta2` must stay close to 1. The CIFAR-10
+    ResNet-20 recipe of the paper: α = 0.2, h0 = 0.5, δ = 2e-4, β1 = 0.9,
+    β2 = 0.99999, λ = 50 000, batch 50, warmup then cosine decay.
+
+    `beta2` and the length of the run: h moves from `hess_init` towards the
+    loss's curvature with time constant 1/(1−β2) steps (1−β2^t of the way
+    after t steps): 100 000 steps for the default 0.99999, which suits runs
+    of tens of thousands of steps or more. In a shorter run h, and with it
+    σ = 1/sqrt(λ·(h + δ)), stays near its initial value, so σ reflects
+    `hess_init` rather than the data; take β2 ≈ 1 − 10/steps (e.g. 0.999
+    for 10 000 steps) to let it move, or read the posterior as a prior-like
+    one. `fit` warns at its end when h has gone less than 10 % of the way
+    (1 − β2^t < 0.1 after t steps in all, about t < 0.1/(1−β2)).
+
+    `ess=None` (the default): Keras never hands the data to an optimizer,
+    but `model.fit` knows its size. When this optimizer is built (by `fit`,
+    before the first step) or first steps, it reads the number of training
+    examples per epoch from the running `fit`'s data adapter (batches ×
+    batch size, the last batch partial; after `validation_split`) and
+    stores it as `ess`; it is then part of the config, so a saved and
+    reloaded optimizer keeps it. This works for NumPy arrays, tensors,
+    `tf.data` datasets of known cardinality, sized `PyDataset`s and torch
+    `DataLoader`s, on every backend. It cannot work for a generator or a
+    dataset of unknown size, nor outside `fit` (`train_on_batch`, a custom
+    loop); there the first step raises a `ValueError` that asks for
+    `ess=len(x_train)`. It reads the size once: a later `fit` on more data
+    keeps the first `ess`. A given `ess` that differs from `fit`'s examples
+    per epoch by more than 10x warns. Augmented data: pass `ess` = examples
+    × augmentation factor yourself.
+
+    Example (logistic regression on scikit-learn's digits, ~0.95 held-out
+    accuracy):
+
+    >>> import keras, keras_bayes
+    >>> from sklearn.datasets import load_digits
+    >>> x, y = load_digits(return_X_y=True)
+    >>> x = (x / 16.0).astype("float32")
+    >>> model = keras.Sequential([keras.Input((64,)), keras.layers.Dense(10)])
+    >>> model.compile(
+    ...     optimizer=keras_bayes.optimizers.SOBA(),
+    ...     loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    ...     metrics=["accuracy"])
+    >>> history = model.fit(x[:1400], y[:1400], epochs=20, verbose=0)
+    >>> model.optimizer.ess
+    1400.0
+    >>> std = model.optimizer.posterior_std()  # one array per variable
 
     Args:
         learning_rate: float >= 0, a `LearningRateSchedule` or a callable.
-        ess: float > 0, the effective sample size λ (the training-set size).
+            Defaults to 0.2, the paper's CIFAR-10 value: with `rescale_lr`
+            the first step is an SGD step of this size. It trains logistic
+            regression on digits (a random 80/20 split, batch 32, 20 epochs)
+            to about 0.95 test accuracy on every backend; 0.1 trains more
+            slowly (0.89 on the harder last-600-digits split, against 0.91
+            for 0.2).
+        ess: float > 0 or None, the effective sample size λ (the
+            training-set size). Defaults to None: the training examples per
+            epoch of the first `fit`, see above.
         hess_init: float > 0, the initial Hessian h0. Defaults to 1.0.
         beta1: float in [0, 1), the momentum rate. Defaults to 0.9.
         beta2: float in (0, 1], the Hessian rate. Defaults to 0.99999.
@@ -136,6 +188,10 @@ class SOBA(MultiPassOptimizer, base.PosteriorOptimizer):
             `PosteriorOptimizer`.
         prior_strength: float > 0, τ. Defaults to 1 (exact sequential
             updating).
+        nonfinite_gradients: `"skip"` (default) or `"raise"`: a step with
+            a NaN or Inf gradient leaves the posterior unchanged and is
+            counted in `nonfinite_steps`, or raises. See
+            `PosteriorOptimizer`.
         fused_update: bool or None, on a single device update all
             variables in one flat pass with one noise draw. Defaults to
             None: True on the torch backend, False on the others.
@@ -153,8 +209,8 @@ class SOBA(MultiPassOptimizer, base.PosteriorOptimizer):
 
     def __init__(
         self,
-        learning_rate,
-        ess,
+        learning_rate=0.2,
+        ess=None,
         hess_init=1.0,
         beta1=0.9,
         beta2=0.99999,
@@ -168,7 +224,8 @@ class SOBA(MultiPassOptimizer, base.PosteriorOptimizer):
         name=None,
         **kwargs,
     ):
-        ess = check_number("ess", ess, low=0.0, low_open=True)
+        if ess is not None:
+            ess = check_number("ess", ess, low=0.0, low_open=True)
         hess_init = check_number(
             "hess_init", hess_init, low=0.0, low_open=True
         )
@@ -210,6 +267,9 @@ class SOBA(MultiPassOptimizer, base.PosteriorOptimizer):
     def build(self, var_list):
         if self.built:
             return
+        # `fit` builds the optimizer before its first step; the prior's
+        # slots need λ already.
+        self._resolve_ess(required=self.prior is not None)
         super().build(var_list)
         if self.mc_samples > 1:
             # mean_k(ε_k·g_k) (or mean_k g_k²) of the step's samples, written
@@ -220,6 +280,53 @@ class SOBA(MultiPassOptimizer, base.PosteriorOptimizer):
                     v, name="soba_sample_statistic", initializer="zeros")
                 for v in var_list
             ]
+
+    def _resolve_ess(self, required):
+        """Set `ess=None` to the examples per epoch of the running `fit`;
+        warn when a given `ess` is an order of magnitude off them."""
+        examples = _keras_compat.fit_examples_per_epoch()
+        if self.ess is None:
+            if examples is None:
+                if required:
+                    raise ValueError(_UNKNOWN_ESS_MESSAGE)
+                return
+            self.ess = float(examples)
+        elif examples is not None and not (
+                examples / ESS_MISMATCH_FACTOR <= self.ess
+                <= examples * ESS_MISMATCH_FACTOR):
+            warnings.warn(
+                f"SOBA's `ess` ({self.ess:g}) differs from the number of "
+                f"training examples per epoch ({examples}) by more than "
+                f"{ESS_MISMATCH_FACTOR:g}x. `ess` is the training-set size "
+                "(times the augmentation factor): too small a value gives "
+                "a posterior too wide to train (σ ∝ 1/sqrt(ess)), too large "
+                "one a near-deterministic network. Pass "
+                f"ess={examples} (or leave `ess=None`), unless the mismatch "
+                "is deliberate.", stacklevel=3)
+
+    def _resolved_ess(self):
+        if self.ess is None:
+            raise ValueError(_UNKNOWN_ESS_MESSAGE)
+        return self.ess
+
+    def apply(self, grads, trainable_variables=None):
+        if self.ess is None:
+            self._resolve_ess(required=True)
+        return super().apply(grads, trainable_variables)
+
+    def _report_fit(self, steps, skipped):
+        super()._report_fit(steps, skipped)
+        total = int(ops.convert_to_numpy(self.iterations))
+        moved = 1.0 - self.beta2 ** total
+        if total and moved < HESSIAN_MOVED_AT_LEAST:
+            warnings.warn(
+                f"SOBA ran {total} steps with beta2={self.beta2:g}: the "
+                "Hessian moves from `hess_init` with time constant "
+                f"1/(1-beta2) = {1.0 / (1.0 - self.beta2):.0f} steps, so it "
+                f"has gone {moved:.1%} of the way and the posterior std "
+                "still reflects `hess_init`, not the data. For a run of "
+                f"this length take beta2 <= {max(1.0 - 10.0 / total, 0.5):.6g} "
+                "(about 1 - 10/steps), or train longer.", stacklevel=3)
 
     def step_plan(self):
         return StepPlan(samples=self.mc_samples)
@@ -276,7 +383,7 @@ class SOBA(MultiPassOptimizer, base.PosteriorOptimizer):
 
     def _posterior_std(self, state, weight_decay):
         return gaussian_posterior_std(state["hessian"], weight_decay,
-                                      self.ess)
+                                      self._resolved_ess())
 
     def _posterior_update(self, gradient, sample, state, learning_rate,
                           weight_decay):
@@ -359,6 +466,20 @@ class SOBA(MultiPassOptimizer, base.PosteriorOptimizer):
         )
         return config
 
+
+# `fit` warns when the Hessian has gone less than this fraction of the way
+# from `hess_init` (1 − β2^t after t steps).
+HESSIAN_MOVED_AT_LEAST = 0.1
+
+# A given `ess` further than this factor from the examples per epoch warns.
+ESS_MISMATCH_FACTOR = 10.0
+
+_UNKNOWN_ESS_MESSAGE = (
+    "SOBA(ess=None) takes `ess` from the training data, whose size is not "
+    "known here: `model.fit` on a generator or a dataset of unknown "
+    "cardinality, `train_on_batch`, or a custom training loop. Pass the "
+    "training-set size explicitly: `SOBA(ess=len(x_train))` (times the "
+    "data-augmentation factor, if any). Received: ess=None")
 
 # IVON is the published name of the same optimizer.
 IVON = SOBA

@@ -113,6 +113,22 @@ class VOGN(PerExampleOptimizer, base.PosteriorOptimizer):
     mean; its momentum and damping match β1 and γ here. The defaults here
     are a small-scale starting point, not a published recipe.
 
+    Example (softmax regression on scikit-learn's digits):
+
+    >>> import keras
+    >>> from sklearn.datasets import load_digits
+    >>> from keras_bayes.optimizers import VOGN
+    >>> from keras_bayes.per_example import VOGNModel
+    >>> x, y = load_digits(return_X_y=True)
+    >>> x = (x / 16.0).astype("float32")
+    >>> model = VOGNModel(
+    ...     keras.Sequential([keras.Input((64,)), keras.layers.Dense(10)]))
+    >>> model.compile(
+    ...     optimizer=VOGN(0.05, ess=len(x), beta2=0.99),
+    ...     loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    >>> history = model.fit(x, y, epochs=2, verbose=0)
+    >>> std = model.optimizer.posterior_std()  # one array per variable
+
     Args:
         learning_rate: float >= 0, a `LearningRateSchedule` or a callable: α.
         ess: float > 0, N: the training-set size (times the augmentation
@@ -134,6 +150,10 @@ class VOGN(PerExampleOptimizer, base.PosteriorOptimizer):
             `mark_deterministic` adds variables or names later.
         seed: int or None, the seed of the posterior noise.
         fused_update: bool or None, see `PosteriorOptimizer`.
+        nonfinite_gradients: `"skip"` (default) or `"raise"`, see
+            `PosteriorOptimizer`.
+        no_decay_names: regular expressions or None, variables without a
+            prior (δ = 0), see `PosteriorOptimizer`.
         **kwargs: `clipnorm`, `clipvalue`, `global_clipnorm`,
             `loss_scale_factor` and `name`. `use_ema` and
             `gradient_accumulation_steps` are rejected.
@@ -245,6 +265,8 @@ class VOGN(PerExampleOptimizer, base.PosteriorOptimizer):
                      else _keras_compat.optimizer_variables_built_for(self))
         if not self.built:
             self.build(variables)
+        # Called before `apply`: refuse another model's variables here too.
+        self._check_fit_model()
         # A bad gradient skips the step (`nonfinite_gradients`); the old ĥ
         # is kept too, so a skipped step leaves no NaN in the state.
         finite = base.all_finite(squared_gradients)
