@@ -31,26 +31,42 @@ def run_rows(result):
             f"{medians[name] / medians[base]:.2f}" if base in medians else "-"
             for base in BASELINES
         ]
+        minima = {n: e["min_s_per_step"]
+                  for n, e in result["optimizers"].items()}
+        first = {n: e.get("first_fit_s")
+                 for n, e in result["optimizers"].items()}
+        min_ratio = (f"{minima[name] / minima['adam']:.2f}"
+                     if "adam" in minima else "-")
+        first_fit = ("-" if first[name] is None
+                     else f"{first[name]:.1f}")
+        first_ratio = (f"{first[name] / first['adam']:.2f}"
+                       if first[name] is not None and first.get("adam")
+                       else "-")
         yield [backend, model, name, f"{1e3 * medians[name]:.1f}", *ratios,
+               min_ratio, first_fit, first_ratio,
                f"{entry['state_per_param']:.3g}x"]
 
 
 def markdown(results):
     header = ["backend", "model", "optimizer", "ms/step (median)",
-              "vs Adam", "vs SGD", "state / params"]
+              "vs Adam", "vs SGD", "min vs min Adam", "first fit s",
+              "first fit vs Adam", "state / params"]
     lines = ["| " + " | ".join(header) + " |",
-             "|" + "|".join(["---"] * 3 + ["---:"] * 4) + "|"]
+             "|" + "|".join(["---"] * 3 + ["---:"] * 7) + "|"]
     for result in results:
         lines += ["| " + " | ".join(row) + " |" for row in run_rows(result)]
 
     notes = ["", "Runs:", ""]
     for r in results:
         quick = " **quick mode: not a measurement**" if r.get("quick") else ""
+        load = (f"load average {r['load_average']:.1f}; "
+                if "load_average" in r else "")
+        commit = f"commit {r['commit']}; " if r.get("commit") else ""
         notes.append(
             f"- {r['backend']}: {describe_device(r['device'])}; keras "
             f"{r['keras_version']}, jit_compile={r['jit_compile']}; batch "
             f"{r['batch_size']}, {r['timed_steps']} timed steps x "
-            f"{r['rounds']} interleaved rounds; {r['date']}; "
+            f"{r['rounds']} interleaved rounds; {r['date']}; {load}{commit}"
             f"`{r['command']}`{quick}"
         )
     return "\n".join(["# Training-step cost", ""] + lines + notes) + "\n"

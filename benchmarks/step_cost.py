@@ -73,6 +73,7 @@ from keras_bayes import optimizers as kb_optimizers
 NUM_CLASSES = 10
 INPUT_SHAPE = (32, 32, 3)
 MLP_INPUT_SHAPE = (40,)
+WIDE_MLP_INPUT_SHAPE = (512,)
 # Size of the training set the Bayesian optimizers are told about (CIFAR-10).
 TRAIN_SET_SIZE = 50_000
 
@@ -197,14 +198,53 @@ def build_mlp():
     )
 
 
-MODELS = {"cnn": build_cnn, "resnet20": build_resnet20, "mlp": build_mlp}
+def build_wide_mlp():
+    """An optimizer-bound MLP (512 -> 1024 -> 1024 -> 10, 2.1 M parameters).
+
+    At batch 32 its matrix products cost about as much as one pass over
+    the weights, so the step time measures the optimizer's update itself.
+    """
+    layers = keras.layers
+    return keras.Sequential(
+        [
+            keras.Input(WIDE_MLP_INPUT_SHAPE),
+            layers.Dense(1024, activation="relu"),
+            layers.Dense(1024, activation="relu"),
+            layers.Dense(NUM_CLASSES),
+        ],
+        name="wide_mlp",
+    )
+
+
+def build_deep_mlp():
+    """A many-variable model that compiles quickly: 100 Dense(16) layers
+    (202 variables, 27 k parameters) on 40 inputs."""
+    layers = [keras.Input(MLP_INPUT_SHAPE)]
+    layers += [keras.layers.Dense(16, activation="relu") for _ in range(100)]
+    layers.append(keras.layers.Dense(NUM_CLASSES))
+    return keras.Sequential(layers, name="deep_mlp")
+
+
+def build_mobilenetv2():
+    """`keras.applications.MobileNetV2` at 32x32 (weights=None, 10
+    classes): 158 trainable variables, the many-variable case."""
+    return keras.applications.MobileNetV2(
+        weights=None, input_shape=INPUT_SHAPE, classes=NUM_CLASSES,
+        classifier_activation=None)
+
+
+MODELS = {"cnn": build_cnn, "resnet20": build_resnet20, "mlp": build_mlp,
+          "wide_mlp": build_wide_mlp, "deep_mlp": build_deep_mlp,
+          "mobilenetv2": build_mobilenetv2}
+#: Input shape per model (the others take 32x32x3 images).
 
 
 def synthetic_data(batch_size, num_batches, seed=0, model="cnn"):
     """Seeded random inputs and labels, `num_batches` full batches."""
     rng = np.random.default_rng(seed)
     n = batch_size * num_batches
-    shape = MLP_INPUT_SHAPE if model == "mlp" else INPUT_SHAPE
+    shape = {"mlp": MLP_INPUT_SHAPE, "deep_mlp": MLP_INPUT_SHAPE,
+             "wide_mlp": WIDE_MLP_INPUT_SHAPE}.get(model, INPUT_SHAPE)
     x = rng.standard_normal((n, *shape), dtype=np.float32)
     y = rng.integers(0, NUM_CLASSES, size=(n,)).astype("int32")
     return x, y
@@ -270,10 +310,14 @@ class Contender:
         self.last_loss = None
 
     def warm_up(self, x, y, batch_size, steps):
-        """Trace and compile: a short `fit` that is not timed."""
+        """Trace and compile: a short `fit`, whose wall time (trace,
+        compile and `steps` steps, what a user waits for before the first
+        epoch gets going) is recorded as `first_fit_s`."""
+        start = time.perf_counter()
         self.model.fit(x, y, batch_size=batch_size, epochs=1,
                        steps_per_epoch=steps, shuffle=False, verbose=0)
         device_barrier(self.model)
+        self.first_fit_s = time.perf_counter() - start
 
     def time_steps(self, x, y, batch_size, epochs):
         """One timed `fit` of `epochs` passes over (x, y)."""
@@ -326,6 +370,19 @@ def run_benchmark(args):
 
 # ----------------------------------------------------------------------
 # Environment description.
+
+def _git_commit():
+    """The checkout's commit (None outside a git checkout)."""
+    import subprocess
+
+    try:
+        return subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+            text=True, check=True,
+            cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
 
 def backend_version():
     backend = keras.backend.backend()
@@ -393,18 +450,28 @@ def make_result(args, contenders, timed_steps):
             "s_per_step": c.seconds_per_step,
             "state_per_param": c.state_per_param(),
             "final_loss": c.last_loss,
+            "first_fit_s": c.first_fit_s,
         }
         for c in contenders
     }
+    minima = {c.name: min(c.seconds_per_step) for c in contenders}
+    first_fit = {c.name: c.first_fit_s for c in contenders}
     ratios = {
-        name: {f"vs_{base}": medians[name] / medians[base]
-               for base in BASELINES if base in medians and base != name}
+        name: {
+            **{f"vs_{base}": medians[name] / medians[base]
+               for base in BASELINES if base in medians},
+            **{f"min_vs_{base}": minima[name] / minima[base]
+               for base in BASELINES if base in medians},
+            **{f"first_fit_vs_{base}": first_fit[name] / first_fit[base]
+               for base in BASELINES if base in medians},
+        }
         for name in medians if name not in BASELINES
     }
     return {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(
             timespec="seconds"),
         "command": " ".join(shlex.quote(a) for a in sys.argv),
+        "commit": _git_commit(),
         "backend": keras.backend.backend(),
         "backend_version": backend_version(),
         "keras_version": keras.__version__,
@@ -419,6 +486,10 @@ def make_result(args, contenders, timed_steps):
         "data_batches": args.data_batches,
         "rounds": args.rounds,
         "quick": args.quick,
+        # Other processes share the machine: the 1-minute load average at
+        # the end of the run (absolute times are inflated by it, ratios of
+        # interleaved runs much less).
+        "load_average": os.getloadavg()[0],
         "optimizers": optimizers,
         "ratios": ratios,
     }
@@ -435,7 +506,10 @@ def format_table(result):
         f"batch {result['batch_size']}, {result['timed_steps']} steps x "
         f"{result['rounds']} rounds",
         "",
-        f"{'optimizer':<10} {'ms/step':>9} {'vs adam':>8} {'vs sgd':>8} "
+        f"load      {result['load_average']:.1f} (1-minute average)",
+        "",
+        f"{'optimizer':<12} {'ms/step':>9} {'vs adam':>8} {'vs sgd':>8} "
+        f"{'min vs adam':>11} {'first fit s':>11} {'vs adam':>8} "
         f"{'state/param':>12}",
     ]
     medians = {name: entry["median_s_per_step"]
@@ -446,8 +520,17 @@ def format_table(result):
             else f"{'-':>8}"
             for base in BASELINES
         ]
+        minima = {n: e["min_s_per_step"]
+                  for n, e in result["optimizers"].items()}
+        first = {n: e["first_fit_s"] for n, e in result["optimizers"].items()}
+        base = BASELINES[0] if BASELINES[0] in medians else None
+        min_ratio = (f"{minima[name] / minima[base]:11.3f}" if base
+                     else f"{'-':>11}")
+        first_ratio = (f"{first[name] / first[base]:8.2f}" if base
+                       else f"{'-':>8}")
         lines.append(
-            f"{name:<10} {1e3 * medians[name]:9.2f} {' '.join(ratios)} "
+            f"{name:<12} {1e3 * medians[name]:9.2f} {' '.join(ratios)} "
+            f"{min_ratio} {first[name]:11.1f} {first_ratio} "
             f"{entry['state_per_param']:12.2f}"
         )
     if result["quick"]:
