@@ -71,6 +71,13 @@ class TwoPassModel(WrapperModel):
         super().__init__(inner, **kwargs)
         self.bn_update = bn_update
 
+    def fit(self, *args, **kwargs):
+        # Before Keras' `fit` (whose `on_train_begin` may then restore a
+        # backup over it): a bSAM run starts from a sample, not the mean.
+        if self.compiled:
+            shared.prepare_training(self)
+        return super().fit(*args, **kwargs)
+
     def train_step(self, *args):
         plan = shared.multi_pass_plan(self.optimizer)
         if plan is None:
