@@ -205,7 +205,7 @@ class MultiPassOptimizer(_StepFlag):
         return mean_gradients([r.grads for r in records])
 
     def prepare_training(self, trainable_variables):
-        """Called by `TwoPassModel.fit` before its first step, outside any
+        """Called by `TwoPassModel.fit` as training begins, outside any
         traced function; the default does nothing.
 
         A posterior method whose first pass should run at a sample (bSAM)
