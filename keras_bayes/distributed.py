@@ -304,6 +304,10 @@ def fit_data_parallel(model, x, y=None, sample_weight=None, batch_size=32,
     if not model.optimizer.built:
         model.optimizer.build(model.trainable_variables)
     broadcast_variables(model, group=group)
+    # As `TwoPassModel.fit`: bSAM's first step runs at a sample. After the
+    # broadcast every process holds the same state and seed, so it draws
+    # the same sample.
+    shared.prepare_training(model)
 
     history = {}
     for epoch in range(epochs):

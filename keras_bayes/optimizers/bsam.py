@@ -5,12 +5,19 @@ import keras
 from keras import ops
 
 from keras_bayes import _keras_compat
+from keras_bayes import backend
 from keras_bayes._validation import check_number
 from keras_bayes._validation import check_positive_integer
 from keras_bayes.optimizers import base
 from keras_bayes.optimizers.sam import TwoPassOptimizer
 from keras_bayes.training.contract import StepPlan
 from keras_bayes.training.contract import mean_gradients
+
+
+# What the model's variables hold (the `variables_hold` slot).
+HOLDS_INITIAL = 0  # the initial weights, which are the mean; no step yet
+HOLDS_SAMPLE = 1   # a sample m + e (the mean is in the `mean` slot)
+HOLDS_MEAN = 2     # the mean, written back at the end of a `fit`
 
 
 def bsam_perturbation(gradient, precision, rho):
@@ -68,8 +75,13 @@ class BSAM(TwoPassOptimizer, base.PosteriorOptimizer):
     `priorprec / N`) and enters the momentum, unlike IVON. γ (`damping`)
     keeps s ≥ γ + δ after a few steps, so σ² ≤ 1/(N·(γ + δ)).
 
-    The first step of a `fit` (and the first after the mean was written
-    back) takes g1 at the mean itself, since no sample has been drawn yet.
+    Every step takes g1 at a sample, as the official code: at the start of
+    each `fit` of a `TwoPassModel` (when the variables hold the initial
+    weights or the mean written back by the previous `fit`),
+    `prepare_training` writes a sample m + e, drawn from the optimizer's
+    tracked seed, into the variables; afterwards each step leaves the next
+    sample there. (A first step through `train_on_batch` on a fresh model,
+    which has no such hook, still takes g1 at the initial weights.)
 
     Between steps the model's variables hold the sample θ and this optimizer
     holds m, s and gm (plus `a`, written between the passes); at the end of
@@ -176,6 +188,54 @@ class BSAM(TwoPassOptimizer, base.PosteriorOptimizer):
                 v, name="bsam_curvature", initializer="zeros")
             for v in var_list
         ]
+        # HOLDS_INITIAL / HOLDS_SAMPLE / HOLDS_MEAN; saved, so a resumed
+        # run knows whether its variables hold a sample.
+        self._variables_hold = self.add_variable(
+            shape=(), dtype="int32", initializer="zeros",
+            name="bsam_variables_hold", aggregation="only_first_replica")
+
+    def _before_first_update(self):
+        # `prepare_training` may have stored the mean before step 1.
+        return ops.logical_and(
+            ops.equal(self.iterations, 0),
+            ops.equal(self._variables_hold, HOLDS_INITIAL))
+
+    def prepare_training(self, trainable_variables):
+        """Writes a sample m + e into the variables if they hold the mean.
+
+        Called by `TwoPassModel.fit` before its first step. The noise comes
+        from the training seed (a tracked optimizer variable), so a run
+        restored from a saved model or a backup draws what the uninterrupted
+        run drew.
+        """
+        variables = list(trainable_variables)
+        if not self.built:
+            self.build(variables)
+        holds = int(ops.convert_to_numpy(self._variables_hold))
+        if holds == HOLDS_SAMPLE or (
+                holds == HOLDS_INITIAL
+                and int(ops.convert_to_numpy(self.iterations)) > 0):
+            # A sample is there (steps taken by `train_on_batch`).
+            return
+        indices = [_keras_compat.variable_index(self, v) for v in variables]
+        means = [
+            ops.convert_to_numpy(self._current_mean(
+                self._state["mean"][i], ops.convert_to_tensor(v)))
+            for i, v in zip(indices, variables)
+        ]
+        samples = [ops.convert_to_numpy(p)
+                   for p in self.draw_training_point(variables)]
+        for i, mean in zip(indices, means):
+            self._state["mean"][i].assign(mean)
+        for variable, sample in zip(variables, samples):
+            variable.assign(sample)
+        self._variables_hold.assign(HOLDS_SAMPLE)
+
+    def finalize_variable_values(self, var_list):
+        super().finalize_variable_values(var_list)
+        if self.built and not backend.optimizer_state_detached(
+                self._state["mean"]):
+            self._variables_hold.assign(HOLDS_MEAN)
 
     def _state_initializer(self, name, variable):
         if name == "precision":

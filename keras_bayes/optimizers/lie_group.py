@@ -35,7 +35,9 @@ that are not reproduced"):
   step and is frozen at trace time; the multiplicative rule draws ξ⁺ and ξ⁻
   from the same key and never advances it);
 * there is no "SGD = additive with the identity as noise" mode (it evaluates
-  the gradient at 2w): `LieAdditive(noise_scale=0)` is exactly momentum SGD;
+  the gradient at 2w): `LieAdditive(noise_scale=0)` is exactly momentum SGD
+  at a constant learning rate (under a schedule it follows the authors'
+  w ← w − α_t·gm, which is not Keras SGD's scheduled momentum);
 * φ is evaluated with `expm1`, and its series only where |α1·x| < 1e-4.
 
 The first step of a `fit` (and the first after the mean was written back)
@@ -250,8 +252,12 @@ class LieAdditive(_LieGroupOptimizer):
     θ  = w + c·ξ',  ξ' ~ q0            # the next sample
     ```
 
-    With `noise_scale=0` it is momentum SGD exactly (Keras'
-    `SGD(learning_rate=α·(1−β1), momentum=β1)` up to float rounding).
+    With `noise_scale=0` and a constant learning rate it is momentum SGD
+    exactly (Keras' `SGD(learning_rate=α·(1−β1), momentum=β1)` up to float
+    rounding). Under a learning-rate schedule it is not: this rule follows
+    the authors' w ← w − α_t·gm, which scales the whole momentum by the
+    current rate, while Keras SGD accumulates v ← β1·v − α_t·(1−β1)·g, each
+    gradient scaled by the rate of its own step.
 
     Recipe of the official README (ResNet-20-FRN on CIFAR-10 with data
     augmentation, batch 200, 180 epochs, linear warmup over 5 epochs then

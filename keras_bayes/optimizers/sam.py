@@ -23,8 +23,10 @@ import keras
 from keras import ops
 
 from keras_bayes import _keras_compat
+from keras_bayes._validation import check_choice
 from keras_bayes._validation import check_learning_rate
 from keras_bayes._validation import check_number
+from keras_bayes._validation import check_positive_integer
 from keras_bayes.training.contract import MultiPassOptimizer
 from keras_bayes.training.contract import StepPlan
 
@@ -40,6 +42,30 @@ def global_norm(tensors):
 def sam_perturbation(gradient, norm, rho, epsilon):
     """ε = ρ·g/‖g‖ (‖g‖ the global norm over all variables)."""
     return gradient * ops.cast(rho / (norm + epsilon), gradient.dtype)
+
+
+def asam_scale(weights, eta):
+    """T = |w| + η, the per-weight scale of ASAM's perturbation."""
+    return ops.abs(weights) + ops.cast(eta, weights.dtype)
+
+
+def asam_perturbation(gradient, scale, norm, rho, epsilon):
+    """ε = ρ·T²·g/‖T·g‖ (‖·‖ the global norm of T·g over all variables)."""
+    return ops.square(scale) * gradient * ops.cast(rho / (norm + epsilon),
+                                                   gradient.dtype)
+
+
+def adam_moments(first, second, gradient, beta1, beta2):
+    """m = β1·m + (1−β1)·g,  v = β2·v + (1−β2)·g²."""
+    return (beta1 * first + (1.0 - beta1) * gradient,
+            beta2 * second + (1.0 - beta2) * ops.square(gradient))
+
+
+def adam_step(first, second, step, beta1, beta2, epsilon):
+    """m̂/(sqrt(v̂) + ε) with m̂ = m/(1−β1^t), v̂ = v/(1−β2^t)."""
+    first_hat = first / (1.0 - ops.power(beta1, step))
+    second_hat = second / (1.0 - ops.power(beta2, step))
+    return first_hat / (ops.sqrt(second_hat) + epsilon)
 
 
 def heavy_ball_momentum(momentum, gradient, weights, beta, weight_decay):
@@ -99,46 +125,103 @@ class TwoPassOptimizer(MultiPassOptimizer):
 
 @keras.saving.register_keras_serializable(package="keras_bayes")
 class SAM(TwoPassOptimizer, keras.optimizers.Optimizer):
-    """Sharpness-aware minimization with heavy-ball SGD.
+    """Sharpness-aware minimization with heavy-ball SGD or Adam.
 
     Each step takes two gradients on the same minibatch (it needs
-    `keras_bayes.training.TwoPassModel`):
+    `keras_bayes.training.TwoPassModel`). With `batch_split=M` the
+    minibatch is cut into M equal sub-batches j (m-sharpness), each with its
+    own perturbation:
 
     ```
-    g1 = ∇ℓ̄(w)
-    ε  = ρ·g1 / ‖g1‖                  # ‖·‖: global norm over all variables
-    g2 = ∇ℓ̄(w + ε)
-    gm = μ·gm + g2 + δ·w
-    w  = w − α·gm
+    g1_j = ∇ℓ̄_j(w)                       # first pass on sub-batch j
+    ε_j  = ρ·g1_j / ‖g1_j‖               # ‖·‖: global norm over all variables
+    g2   = mean_j ∇ℓ̄_j(w + ε_j)          # second passes, same sub-batches
+    g    = g2 + δ·w                       # coupled L2
+    base="sgd":   gm = μ·gm + g,  w = w − α·gm
+    base="adam":  m = β1·m + (1−β1)·g,  v = β2·v + (1−β2)·g²,
+                  w = w − α·m̂/(sqrt(v̂) + ε_adam),
+                  m̂ = m/(1−β1^t), v̂ = v/(1−β2^t)
     ```
 
-    This is the SAM-SGD baseline of the bSAM code (Möllenhoff & Khan, 2023)
-    with the whole minibatch as one sharpness group (m = batch size). SAM
-    learns no posterior: the model's variables hold the weights.
+    `base="sgd"` with M = 8 is the SAM-SGD baseline of the bSAM code
+    (Möllenhoff & Khan, 2023, `build_sam_optimizer`): every sub-batch is
+    perturbed along its own normalised gradient and the update uses the
+    mean of the M second gradients. `base="adam"` is SAM-Adam, the other
+    SAM row of that paper: the Adam moments see only the perturbed
+    gradient g2 (plus δ·w), with the bias correction and ε of Kingma & Ba
+    (ε added to sqrt(v̂)); the authors' public code has no Adam baseline,
+    so this is SAM's rule (Foret et al., 2021: the base optimizer receives
+    the gradient at w + ε) with the paper's Adam as base.
+
+    With `adaptive=True` the perturbation is ASAM's (Kwon et al., 2021):
+
+    ```
+    T_j  = |w| + η                        # elementwise
+    ε_j  = ρ·T_j²·g1_j / ‖T_j·g1_j‖
+    ```
+
+    as in the widely used PyTorch SAM implementation
+    (`SAM(..., adaptive=True)`, which has η = 0) and the ASAM authors' code
+    (η = 0.01 by default; here `eta`, default 0). ASAM's ρ is typically
+    larger than SAM's (e.g. 2.0 with SGD on CIFAR-10, their paper).
+
+    SAM learns no posterior: the model's variables hold the weights.
 
     Args:
         learning_rate: float >= 0, a `LearningRateSchedule` or a callable.
             Defaults to 0.01.
-        rho: float >= 0, the radius of the perturbation. 0 gives SGD with
-            momentum (at twice the cost). Defaults to 0.05.
-        momentum: float in [0, 1), the heavy-ball coefficient μ. Defaults
-            to 0.9.
+        rho: float >= 0, the radius of the perturbation. 0 gives the base
+            optimizer (at twice the cost). Defaults to 0.05.
+        momentum: float in [0, 1), the heavy-ball coefficient μ of
+            `base="sgd"`. Defaults to 0.9.
         weight_decay: float >= 0, the coupled L2 coefficient δ (added to
             the gradient at w, not Keras' decoupled decay).
             `exclude_from_weight_decay` gives δ = 0 to variables. Defaults
             to 0.
-        epsilon: float > 0 added to ‖g1‖. Defaults to 1e-12.
+        epsilon: float > 0 added to the norm of the perturbation. Defaults
+            to 1e-12.
+        base: `"sgd"` (heavy-ball SGD, the default) or `"adam"`.
+        beta_1, beta_2: floats in [0, 1), Adam's moment rates (only for
+            `base="adam"`). Default to 0.9 and 0.999.
+        adam_epsilon: float > 0, Adam's ε (only for `base="adam"`).
+            Defaults to 1e-8.
+        batch_split: int >= 1, M, the number of sub-batches of
+            m-sharpness, each with its own perturbation. The batch size
+            should be a multiple of M. Loss and metrics are logged from
+            the first pass of sub-batch 0. Defaults to 1 (the whole
+            minibatch is one group).
+        adaptive: bool, ASAM's scale-invariant perturbation. Defaults to
+            False.
+        eta: float >= 0, η of ASAM's scale T = |w| + η. Defaults to 0.
         **kwargs: `clipnorm`, `clipvalue`, `global_clipnorm` (applied to
             g2 only), `loss_scale_factor` and `name`.
-            `gradient_accumulation_steps` is rejected.
+            `gradient_accumulation_steps` and `use_ema` are rejected.
 
-    Reference:
+    Example:
+
+    ```python
+    model = keras_bayes.training.TwoPassModel(keras_model)
+    model.compile(optimizer=keras_bayes.optimizers.SAM(
+        1e-3, rho=0.05, base="adam", batch_split=8, weight_decay=2e-4),
+        loss="sparse_categorical_crossentropy")
+    ```
+
+    References:
         Foret et al., "Sharpness-Aware Minimization for Efficiently
         Improving Generalization", ICLR 2021, arXiv:2010.01412.
+        Kwon et al., "ASAM: Adaptive Sharpness-Aware Minimization for
+        Scale-Invariant Learning of Deep Neural Networks", ICML 2021,
+        arXiv:2102.11600.
+        Möllenhoff & Khan, "SAM as an Optimal Relaxation of Bayes",
+        ICLR 2023, arXiv:2210.01620.
     """
 
+    BASES = ("sgd", "adam")
+
     def __init__(self, learning_rate=0.01, rho=0.05, momentum=0.9,
-                 weight_decay=0.0, epsilon=1e-12, name=None, **kwargs):
+                 weight_decay=0.0, epsilon=1e-12, base="sgd", beta_1=0.9,
+                 beta_2=0.999, adam_epsilon=1e-8, batch_split=1,
+                 adaptive=False, eta=0.0, name=None, **kwargs):
         check_learning_rate(learning_rate)
         rho = check_number("rho", rho, low=0.0)
         momentum = check_number("momentum", momentum, low=0.0,
@@ -148,6 +231,16 @@ class SAM(TwoPassOptimizer, keras.optimizers.Optimizer):
                                     low=0.0)
         epsilon = check_number("epsilon", epsilon, low=0.0,
                                low_open=True)
+        base = check_choice("base", base, self.BASES)
+        beta_1 = check_number("beta_1", beta_1, low=0.0, high=1.0,
+                              high_open=True)
+        beta_2 = check_number("beta_2", beta_2, low=0.0, high=1.0,
+                              high_open=True)
+        adam_epsilon = check_number("adam_epsilon", adam_epsilon, low=0.0,
+                                    low_open=True)
+        batch_split = check_positive_integer("batch_split", batch_split)
+        adaptive = check_choice("adaptive", adaptive, (False, True))
+        eta = check_number("eta", eta, low=0.0)
         self._check_two_pass_kwargs("SAM", kwargs)
         if kwargs.get("use_ema"):
             raise ValueError(
@@ -160,6 +253,13 @@ class SAM(TwoPassOptimizer, keras.optimizers.Optimizer):
         self.rho = rho
         self.momentum = momentum
         self.epsilon = epsilon
+        self.base = base
+        self.beta_1 = beta_1
+        self.beta_2 = beta_2
+        self.adam_epsilon = adam_epsilon
+        self.batch_split = int(batch_split)
+        self.adaptive = bool(adaptive)
+        self.eta = eta
 
     def build(self, var_list):
         if self.built:
@@ -169,6 +269,14 @@ class SAM(TwoPassOptimizer, keras.optimizers.Optimizer):
             self.add_variable_from_reference(v, name="momentum")
             for v in var_list
         ]
+        if self.base == "adam":
+            self._velocities = [
+                self.add_variable_from_reference(v, name="velocity")
+                for v in var_list
+            ]
+
+    def step_plan(self):
+        return StepPlan(sub_batches=self.batch_split, second_pass=True)
 
     # Overrides a private Keras hook (`_keras_compat.OPTIMIZER_HOOKS`).
     def _apply_weight_decay(self, variables):
@@ -176,15 +284,18 @@ class SAM(TwoPassOptimizer, keras.optimizers.Optimizer):
         return
 
     def second_pass_point(self, gradients, trainable_variables=None):
-        """w + ρ·g1/‖g1‖, one tensor per trainable variable."""
+        """w + ε (SAM or ASAM), one tensor per trainable variable."""
         grads, variables = self._variables_for_point(gradients,
                                                      trainable_variables)
-        norm = global_norm(grads)
-        return [
-            ops.convert_to_tensor(v)
-            + sam_perturbation(g, norm, self.rho, self.epsilon)
-            for g, v in zip(grads, variables)
-        ]
+        weights = [ops.convert_to_tensor(v) for v in variables]
+        if not self.adaptive:
+            norm = global_norm(grads)
+            return [w + sam_perturbation(g, norm, self.rho, self.epsilon)
+                    for g, w in zip(grads, weights)]
+        scales = [asam_scale(w, self.eta) for w in weights]
+        norm = global_norm([t * g for t, g in zip(scales, grads)])
+        return [w + asam_perturbation(g, t, norm, self.rho, self.epsilon)
+                for g, t, w in zip(grads, scales, weights)]
 
     def update_step(self, gradient, variable, learning_rate):
         index = _keras_compat.variable_index(self, variable)
@@ -199,12 +310,24 @@ class SAM(TwoPassOptimizer, keras.optimizers.Optimizer):
             else 0.0
         )
         slot = self._momentums[index]
-        new_momentum = heavy_ball_momentum(
-            ops.convert_to_tensor(slot), gradient, weights, self.momentum,
-            decay,
-        )
-        self.assign(slot, new_momentum)
-        self.assign(variable, weights - learning_rate * new_momentum)
+        if self.base == "sgd":
+            new_momentum = heavy_ball_momentum(
+                ops.convert_to_tensor(slot), gradient, weights,
+                self.momentum, decay,
+            )
+            self.assign(slot, new_momentum)
+            self.assign(variable, weights - learning_rate * new_momentum)
+            return
+        velocity = self._velocities[index]
+        first, second = adam_moments(
+            ops.convert_to_tensor(slot), ops.convert_to_tensor(velocity),
+            gradient + decay * weights, self.beta_1, self.beta_2)
+        step = ops.cast(self.iterations + 1, dtype)
+        self.assign(slot, first)
+        self.assign(velocity, second)
+        self.assign(variable, weights - learning_rate * adam_step(
+            first, second, step, self.beta_1, self.beta_2,
+            self.adam_epsilon))
 
     def get_config(self):
         config = super().get_config()
@@ -212,6 +335,13 @@ class SAM(TwoPassOptimizer, keras.optimizers.Optimizer):
             "rho": self.rho,
             "momentum": self.momentum,
             "epsilon": self.epsilon,
+            "base": self.base,
+            "beta_1": self.beta_1,
+            "beta_2": self.beta_2,
+            "adam_epsilon": self.adam_epsilon,
+            "batch_split": self.batch_split,
+            "adaptive": self.adaptive,
+            "eta": self.eta,
         })
         return config
 

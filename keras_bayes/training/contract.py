@@ -204,6 +204,17 @@ class MultiPassOptimizer(_StepFlag):
             return mean_gradients([r.second_grads for r in records])
         return mean_gradients([r.grads for r in records])
 
+    def prepare_training(self, trainable_variables):
+        """Called by `TwoPassModel.fit` as training begins, outside any
+        traced function; the default does nothing.
+
+        A posterior method whose first pass should run at a sample (bSAM)
+        writes one into the variables here: at the start of a `fit` they
+        hold the mean (the initial weights, or the mean written back by the
+        previous `fit`).
+        """
+        return None
+
     def two_pass_step(self):
         """Context in which `apply` is allowed (entered by `TwoPassModel`).
 

@@ -37,6 +37,15 @@ def multi_pass_plan(optimizer):
     return plan if plan.is_multi_pass else None
 
 
+def prepare_training(model):
+    """Let a multi-pass optimizer prepare the variables before `fit`
+    (`MultiPassOptimizer.prepare_training`); nothing for other optimizers or
+    a model without variables yet."""
+    inner = inner_optimizer(model.optimizer)
+    if isinstance(inner, MultiPassOptimizer) and model.trainable_variables:
+        inner.prepare_training(model.trainable_variables)
+
+
 def split_batch(x, y, sample_weight, parts):
     """The minibatch cut into `parts` equal sub-batches (m-sharpness)."""
     if parts == 1:

@@ -35,6 +35,13 @@ from keras_bayes.training.wrapper import WrapperModel
 BN_UPDATE_CHOICES = ("first", "both")
 
 
+class _PrepareTraining(keras.callbacks.Callback):
+    """Calls the optimizer's `prepare_training` as training begins."""
+
+    def on_train_begin(self, logs=None):
+        shared.prepare_training(self.model)
+
+
 @keras.saving.register_keras_serializable(package="keras_bayes")
 class TwoPassModel(WrapperModel):
     """A model whose training step takes several gradients on each batch.
@@ -70,6 +77,20 @@ class TwoPassModel(WrapperModel):
         check_choice("bn_update", bn_update, BN_UPDATE_CHOICES)
         super().__init__(inner, **kwargs)
         self.bn_update = bn_update
+
+    def fit(self, *args, **kwargs):
+        # A bSAM run starts from a sample, not the mean. At `on_train_begin`
+        # of the first callback: after Keras built the optimizer (in the
+        # distribution scope) and before a `BackupAndRestore` restores a
+        # backup over it.
+        position = 5  # `callbacks` among fit's positional arguments
+        if len(args) > position:
+            args = list(args)
+            args[position] = [_PrepareTraining()] + list(args[position] or [])
+        else:
+            kwargs["callbacks"] = [_PrepareTraining()] + list(
+                kwargs.get("callbacks") or [])
+        return super().fit(*args, **kwargs)
 
     def train_step(self, *args):
         plan = shared.multi_pass_plan(self.optimizer)

@@ -218,3 +218,92 @@ def test_loss_scale_optimizer_wrapper_gives_the_same_update():
         results.append(getattr(opt, "inner_optimizer", opt).posterior_mean())
     for a, b in zip(*results):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def replay_normals(optimizer, shapes):
+    """The per-variable N(0, 1) draws the optimizer's training seed will
+    produce next, from a copy of its state."""
+    generator = keras.random.SeedGenerator(0)
+    generator.state.assign(
+        keras.ops.convert_to_numpy(optimizer._seed_generator.state.value))
+    return [keras.ops.convert_to_numpy(keras.random.normal(
+        s, dtype="float32", seed=generator)).astype(np.float64)
+        for s in shapes]
+
+
+@EAGER
+def test_every_fit_starts_from_a_sample(eager):
+    # The first step of each `fit` takes g1 at m + e (e from the training
+    # seed), not at the mean: also the first step of a second `fit`, whose
+    # variables hold the mean written back by the first.
+    x, y = data()
+    wrapper = wrapped(eager)
+    opt = wrapper.optimizer
+    mean = [np.array(w, dtype="float64") for w in wrapper.get_weights()]
+    shapes = [m.shape for m in mean]
+    precision = [np.full(s, HYPER["precision_init"]) for s in shapes]
+    momentum = [np.zeros(s) for s in shapes]
+    for _ in range(2):
+        normals = replay_normals(opt, shapes)
+        sample = [m + z / np.sqrt(HYPER["ess"] * s)
+                  for m, z, s in zip(mean, normals, precision)]
+        wrapper.fit(x, y, batch_size=len(x), epochs=1, shuffle=False,
+                    verbose=0)
+        mean, precision, momentum = numpy_bsam(sample, mean, precision,
+                                               momentum, x, y)
+        for got, want in zip(opt.posterior_mean(), mean):
+            np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-6)
+        for got, want in zip(slots(opt, wrapper, "precision"), precision):
+            np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-6)
+        # `fit` wrote the mean back.
+        for got, want in zip(wrapper.get_weights(), mean):
+            np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-6)
+
+
+def test_repeated_fit_after_save_load_is_bit_identical(tmp_path):
+    x, y = data(n=16)
+    wrapper = wrapped(False)
+    wrapper.fit(x, y, batch_size=8, epochs=1, shuffle=False, verbose=0)
+    path = str(tmp_path / "bsam.keras")
+    wrapper.save(path)
+    loaded = keras.models.load_model(path)
+    for model in (wrapper, loaded):
+        model.fit(x, y, batch_size=8, epochs=2, shuffle=False, verbose=0)
+    for a, b in zip(wrapper.get_weights(), loaded.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    for a, b in zip(wrapper.optimizer.variables, loaded.optimizer.variables):
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(a),
+                                      keras.ops.convert_to_numpy(b))
+
+
+class _StopAtEpoch(keras.callbacks.Callback):
+    def __init__(self, epoch):
+        super().__init__()
+        self.epoch = epoch
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if epoch == self.epoch:
+            raise RuntimeError("interrupted")
+
+
+def test_backup_and_restore_resume_is_bit_identical(tmp_path):
+    # An interrupted run resumed by BackupAndRestore (as the benchmark
+    # harness does) equals the uninterrupted one, noise included.
+    x, y = data(n=16)
+
+    def run(callbacks):
+        wrapper = wrapped(False)
+        wrapper.fit(x, y, batch_size=8, epochs=3, shuffle=False, verbose=0,
+                    callbacks=callbacks)
+        return wrapper
+
+    straight = run([])
+    backup = str(tmp_path / "backup")
+    with pytest.raises(RuntimeError, match="interrupted"):
+        run([keras.callbacks.BackupAndRestore(backup), _StopAtEpoch(2)])
+    resumed = run([keras.callbacks.BackupAndRestore(backup)])
+    for a, b in zip(straight.get_weights(), resumed.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    for a, b in zip(straight.optimizer.posterior_std(),
+                    resumed.optimizer.posterior_std()):
+        np.testing.assert_array_equal(a, b)
