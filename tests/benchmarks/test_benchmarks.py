@@ -51,8 +51,13 @@ def test_step_cost_quick(tmp_path):
     assert states == pytest.approx({"adam": 2.0, "sgd": 1.0, "soba": 3.0})
 
     assert set(result["ratios"]) == {"soba"}
-    assert set(result["ratios"]["soba"]) == {"vs_adam", "vs_sgd"}
+    assert set(result["ratios"]["soba"]) == {
+        "vs_adam", "vs_sgd", "min_vs_adam", "min_vs_sgd",
+        "first_fit_vs_adam", "first_fit_vs_sgd"}
     assert all(r > 0 for r in result["ratios"]["soba"].values())
+    for entry in result["optimizers"].values():
+        assert entry["first_fit_s"] > 0
+        assert entry["min_s_per_step"] == min(entry["s_per_step"])
 
 
 CONTINUAL = SCRIPT.parent / "continual.py"
