@@ -123,9 +123,27 @@ class BSAM(TwoPassOptimizer, base.PosteriorOptimizer):
             `SOBA`: δ becomes δ₀ = τ·P₀/N per weight in the momentum (as
             δ₀·(m − m₀)) and in the precision update. See
             `PosteriorOptimizer`.
+        nonfinite_gradients: `"skip"` (default) or `"raise"`: a step with a
+            NaN/Inf gradient leaves the posterior unchanged (and raises in
+            `"raise"` mode), see `PosteriorOptimizer`.
+        no_decay_names: regular expressions of variable names that get
+            δ = 0 (kept in the config), see `PosteriorOptimizer`.
         **kwargs: `clipnorm`, `clipvalue`, `global_clipnorm` (applied to g2
             only), `loss_scale_factor` and `name`. `use_ema` and
             `gradient_accumulation_steps` are rejected.
+
+    Example (bSAM needs two gradients per step, so the model is wrapped):
+
+    ```python
+    model = keras_bayes.TwoPassModel(model)
+    model.compile(
+        optimizer=keras_bayes.optimizers.BSAM(
+            learning_rate=0.1, ess=len(x_train), rho=0.01),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"])
+    model.fit(x_train, y_train, epochs=10)
+    probs = keras_bayes.Predictive(model, num_samples=32).predict(x_test)
+    ```
 
     Reference:
         Möllenhoff & Khan, "SAM as an Optimal Relaxation of Bayes",

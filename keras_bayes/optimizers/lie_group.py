@@ -277,11 +277,30 @@ class LieAdditive(_LieGroupOptimizer):
             Keras' decoupled decay. Defaults to 5e-4.
         mc_samples: only 1 is supported.
         seed: int or None, the seed of the noise.
+        fused_update: bool or None, see `PosteriorOptimizer`.
+        prior: not supported (the rule has no `ess` to scale a prior by).
+        nonfinite_gradients: `"skip"` (default) or `"raise"`: a step with a
+            NaN/Inf gradient leaves the posterior unchanged (and raises in
+            `"raise"` mode), see `PosteriorOptimizer`.
+        no_decay_names: regular expressions of variable names that get
+            δ = 0 (kept in the config), see `PosteriorOptimizer`.
         **kwargs: `clipnorm`, `clipvalue`, `global_clipnorm`,
             `loss_scale_factor`, `gradient_accumulation_steps`, `name`.
             `use_ema` is rejected.
 
     State: w and gm (2 buffers per weight).
+
+    Example (the README's recipe, scaled to a small model):
+
+    ```python
+    model.compile(
+        optimizer=keras_bayes.optimizers.LieAdditive(
+            learning_rate=0.1, noise="gaussian", noise_scale=0.005),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"])
+    model.fit(x_train, y_train, epochs=10)   # ends with w in the model
+    probs = keras_bayes.Predictive(model, num_samples=32).predict(x_test)
+    ```
     """
 
     state_names = ("mean", "momentum")
@@ -372,11 +391,31 @@ class LieAffine(_LieGroupOptimizer):
             as δ·θ at the sample). Defaults to 5e-4.
         mc_samples: only 1 is supported.
         seed: int or None, the seed of the noise.
+        fused_update: bool or None, see `PosteriorOptimizer`.
+        prior, prior_strength: a `keras_bayes.Posterior` as the prior and
+            its tempering τ (continual learning), see `PosteriorOptimizer`.
+        nonfinite_gradients: `"skip"` (default) or `"raise"`: a step with a
+            NaN/Inf gradient leaves the posterior unchanged (and raises in
+            `"raise"` mode), see `PosteriorOptimizer`.
+        no_decay_names: regular expressions of variable names that get
+            δ = 0 (kept in the config), see `PosteriorOptimizer`.
         **kwargs: `clipnorm`, `clipvalue`, `global_clipnorm`,
             `loss_scale_factor`, `gradient_accumulation_steps`, `name`.
             `use_ema` is rejected.
 
     State: b, A, MU and MV (4 buffers per weight).
+
+    Example (the paper's recipe, scaled to a small model):
+
+    ```python
+    model.compile(
+        optimizer=keras_bayes.optimizers.LieAffine(
+            learning_rate=1.0, ess=len(x_train), scale_lr_ratio=0.05),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"])
+    model.fit(x_train, y_train, epochs=10)
+    model.optimizer.posterior_std()   # |A|·c·(std of the noise) per weight
+    ```
     """
 
     state_names = ("mean", "scale", "scale_momentum", "momentum")
@@ -510,10 +549,29 @@ class LieMultiplicative(_LieGroupOptimizer):
             Defaults to 0.
         mc_samples: only 1 is supported.
         seed: int or None, the seed of the noise.
+        fused_update: bool or None, see `PosteriorOptimizer`.
+        prior, prior_strength: a `keras_bayes.Posterior` as the prior and
+            its tempering τ (placed by this rule itself, which is not
+            shift-equivariant), see `PosteriorOptimizer`.
+        nonfinite_gradients: `"skip"` (default) or `"raise"`: a step with a
+            NaN/Inf gradient leaves the posterior unchanged (and raises in
+            `"raise"` mode), see `PosteriorOptimizer`.
+        no_decay_names: regular expressions of variable names that get
+            δ = 0 (kept in the config), see `PosteriorOptimizer`.
         **kwargs: as for `LieAdditive`.
 
     State: E[θ], g⁺, g⁻, gm⁺, gm⁻ and the sample's two parts p, n
     (7 buffers per weight).
+
+    Example:
+
+    ```python
+    model.compile(
+        optimizer=keras_bayes.optimizers.LieMultiplicative(
+            learning_rate=1.0, ess=len(x_train), temperature=0.001),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.fit(x_train, y_train, epochs=10)
+    ```
     """
 
     noise_families = ("rayleigh",)
