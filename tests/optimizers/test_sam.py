@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 
 from keras_bayes.optimizers.sam import SAM
-from tests.test_two_pass import compiled
-from tests.test_two_pass import data
-from tests.test_two_pass import dense_model
-from tests.test_two_pass import mse_grads
+from tests.training.test_two_pass import compiled
+from tests.training.test_two_pass import data
+from tests.training.test_two_pass import dense_model
+from tests.training.test_two_pass import mse_grads
 
 EAGER = pytest.mark.parametrize("eager", [False, True],
                                 ids=["compiled", "eager"])
