@@ -14,7 +14,7 @@ from keras_bayes.optimizers import SOBA
         ({"ess": 0}, r"`ess` must be in \(0.0, inf\]"),
         ({"ess": -5}, r"`ess`"),
         ({"ess": float("nan")}, r"`ess` must be a finite"),
-        ({"ess": None}, r"`ess` must be a real number"),
+        ({"ess": "50000"}, r"`ess` must be a real number"),
         ({"hess_init": 0.0}, r"`hess_init` must be in \(0.0, inf\]"),
         ({"beta1": 1.0}, r"`beta1` must be in \[0.0, 1.0\)"),
         ({"beta1": -0.1}, r"`beta1`"),
