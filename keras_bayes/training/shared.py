@@ -220,3 +220,47 @@ def hand_over_curvature(optimizer, squared, variables, layers):
     if deterministic:
         inner.mark_deterministic(var_list=deterministic)
     inner.set_squared_gradients(squared, variables)
+
+
+def eager_per_example_step(model, layers, data, batch_gradient,
+                           per_example_gradients, no_gradient_tracking):
+    """`VOGNModel.train_step` for a `PerExampleOptimizer` on a backend whose
+    step runs on the variables (TensorFlow, torch); JAX's is stateless.
+
+    `batch_gradient(model, x, y, loss_fn, layers)` returns (y_pred, the
+    minibatch gradient, the BN batch statistics); `per_example_gradients`
+    is the backend's vectorised per-example map; `no_gradient_tracking()`
+    is the context the backend updates state in (`torch.no_grad`).
+    """
+    x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+    check_no_sample_weight(sample_weight)
+    loss_fn = compiled_per_example_loss(model)
+    statistics = None
+    if layers:
+        y_pred, gradients, statistics = batch_gradient(model, x, y, loss_fn,
+                                                       layers)
+    else:
+        with no_gradient_tracking():
+            y_pred = model(x, training=True)
+    with no_gradient_tracking():
+        loss = _keras_compat.compute_compiled_loss(model, x, y, y_pred, None,
+                                                   training=True)
+        _keras_compat.loss_tracker(model).update_state(
+            loss, sample_weight=ops.shape(y_pred)[0])
+    trainable = [ops.convert_to_tensor(v) for v in model.trainable_variables]
+    non_trainable = [ops.convert_to_tensor(v)
+                     for v in model.non_trainable_variables]
+    _, example_mean, squared = squared_gradients_at(
+        per_example_gradients, model, loss_fn, trainable, non_trainable,
+        ops.convert_to_tensor(x), ops.convert_to_tensor(y), layers,
+        statistics)
+    if not layers:
+        gradients = example_mean
+    optimizer = model.optimizer
+    with no_gradient_tracking():
+        with inner_optimizer(optimizer).per_example_step():
+            hand_over_curvature(optimizer, squared,
+                                model.trainable_variables, layers)
+            optimizer.apply(loss_scaled(optimizer, gradients),
+                            model.trainable_variables)
+    return model.compute_metrics(x, y, y_pred, sample_weight=None)

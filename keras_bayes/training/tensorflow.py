@@ -10,7 +10,6 @@ import contextlib
 
 import keras
 import tensorflow as tf
-from keras import ops
 
 from keras_bayes import _keras_compat
 from keras_bayes.training import batch_norm
@@ -173,32 +172,8 @@ def _batch_gradient(model, x, y, loss, layers):
 
 def per_example_step(model, layers, data):
     """`VOGNModel.train_step` for a `PerExampleOptimizer`."""
-    x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
-    shared.check_no_sample_weight(sample_weight)
-    loss_fn = shared.compiled_per_example_loss(model)
-    statistics = None
-    if layers:
-        y_pred, gradients, statistics = _batch_gradient(model, x, y,
-                                                        loss_fn, layers)
-    else:
-        y_pred = model(x, training=True)
-    loss = _keras_compat.compute_compiled_loss(model, x, y, y_pred, None,
-                                               training=True)
-    _keras_compat.loss_tracker(model).update_state(
-        loss, sample_weight=ops.shape(y_pred)[0])
-    trainable = [ops.convert_to_tensor(v) for v in model.trainable_variables]
-    non_trainable = [ops.convert_to_tensor(v)
-                     for v in model.non_trainable_variables]
-    _, example_mean, squared = shared.squared_gradients_at(
-        per_example_gradients, model, loss_fn, trainable, non_trainable,
-        ops.convert_to_tensor(x), ops.convert_to_tensor(y), layers,
-        statistics)
-    if not layers:
-        gradients = example_mean
-    optimizer = model.optimizer
-    with inner_optimizer(optimizer).per_example_step():
-        shared.hand_over_curvature(optimizer, squared,
-                                   model.trainable_variables, layers)
-        optimizer.apply(shared.loss_scaled(optimizer, gradients),
-                        model.trainable_variables)
-    return model.compute_metrics(x, y, y_pred, sample_weight=None)
+    return shared.eager_per_example_step(
+        model, layers, data, _batch_gradient, per_example_gradients,
+        no_gradient_tracking)
+
+
