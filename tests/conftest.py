@@ -31,8 +31,34 @@ if keras.backend.backend() == "jax":
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
 
 
+# KERAS_BAYES_TEST_FAST_COMPILE=1 (scripts/test.sh sets it for the main
+# runs): a test's time is mostly compiling small train steps that then run
+# a few times, so the suite asks the compilers for less optimisation work.
+# The programs compiled are the same; only how hard the compiler works on
+# them changes (no fast-math either way, so results agree within the tests'
+# tolerances; the Keras floor subset runs without it, so the default
+# compiler path stays tested too). Run pytest without the variable to get
+# the settings a user gets.
+FAST_COMPILE = os.environ.get("KERAS_BAYES_TEST_FAST_COMPILE") == "1"
+
+if FAST_COMPILE and keras.backend.backend() == "jax":
+    # Inherited by subprocesses through the environment as well.
+    os.environ["JAX_DISABLE_MOST_OPTIMIZATIONS"] = "1"
+    jax.config.update("jax_disable_most_optimizations", True)
+
+if FAST_COMPILE and keras.backend.backend() == "tensorflow":
+    import tensorflow as tf
+
+    # Grappler rewrites every traced graph before its first run; on graphs
+    # that run a handful of steps that costs more than it saves.
+    tf.config.optimizer.set_experimental_options({"disable_meta_optimizer": True})
+
+
 def pytest_report_header(config):
-    return f"keras {keras.__version__}, backend {keras.backend.backend()}"
+    return (
+        f"keras {keras.__version__}, backend {keras.backend.backend()}"
+        + (", fast compile (KERAS_BAYES_TEST_FAST_COMPILE=1)" if FAST_COMPILE else "")
+    )
 
 
 @pytest.fixture(autouse=True)
