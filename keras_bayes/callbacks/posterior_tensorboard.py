@@ -118,14 +118,22 @@ class PosteriorTensorBoard(keras.callbacks.Callback):
     Example:
 
     ```python
-    model.compile(optimizer=keras_bayes.optimizers.SOBA(0.1, ess=len(x)),
-                  loss="sparse_categorical_crossentropy")
-    model.fit(x, y, epochs=20, callbacks=[
-        keras.callbacks.TensorBoard("logs/run1"),
-        keras_bayes.callbacks.PosteriorTensorBoard("logs/run1",
-                                                   every_n_epochs=5),
+    import keras
+    import numpy as np
+    import keras_bayes
+
+    x = np.random.rand(32, 4).astype("float32")
+    y = np.random.randint(0, 2, size=32)
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
+    model.compile(
+        optimizer=keras_bayes.optimizers.SOBA(0.1, ess=len(x)),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.fit(x, y, epochs=2, verbose=0, callbacks=[
+        # keras.callbacks.TensorBoard("logs/run1"),  # train/, validation/
+        keras_bayes.callbacks.PosteriorTensorBoard("logs/run1"),
     ])
-    # tensorboard --logdir logs
+    # logs/run1/posterior/ now holds the events; view them, and Keras'
+    # own, with: tensorboard --logdir logs
     ```
 
     Args:
