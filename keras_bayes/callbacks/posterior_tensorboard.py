@@ -89,10 +89,8 @@ class PosteriorTensorBoard(keras.callbacks.Callback):
     counted as `fit` counts them, like the `histogram_freq` of
     `keras.callbacks.TensorBoard`) it writes, from `optimizer.posterior_std()`:
 
-    - a scalar `posterior_std_median/<layer>` per layer: the median of σ
-      over all of the layer's trainable weights (kernel and bias together),
-
-          median{σ_i : weight i belongs to the layer};
+    - a scalar `posterior_std_median/<layer>` per layer: the median of σ_i
+      over the weights i of the layer (kernel and bias together);
 
     - with `histograms=True`, a histogram `posterior_std/<variable path>`
       of σ per trainable variable (Keras' own weight histograms are per
@@ -105,9 +103,10 @@ class PosteriorTensorBoard(keras.callbacks.Callback):
     `tensorboard --logdir <log_dir>` shows the losses, the weights and the
     posterior side by side (the run selector filters them).
 
-    The medians show the posterior contract as training proceeds: σ
-    starts at the optimizer's initial scale and shrinks where the data
-    constrain the weights, layer by layer.
+    The medians show the posterior move during training, layer by layer:
+    σ starts at the optimizer's initial scale (SOBA: σ² = 1/(ess·(h₀ + δ))
+    with h₀ = `hess_init`) and goes where the curvature of the data puts
+    it.
 
     TensorBoard's event files are written by TensorFlow's `tf.summary`,
     as in `keras.callbacks.TensorBoard`, on every backend: TensorFlow must
