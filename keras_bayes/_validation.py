@@ -14,6 +14,7 @@ values".
 
 import math
 import numbers
+import os
 
 import numpy as np
 
@@ -78,6 +79,30 @@ def check_choice(name, value, choices):
     if not known:
         raise ValueError(
             f"`{name}` must be one of {sorted(choices)}. "
+            f"Received: {name}={value!r}"
+        )
+    return value
+
+
+def check_boolean(name, value):
+    """`value` as a bool; `ValueError` unless it is True or False (a NumPy
+    bool too). Integers such as 1 are refused: they usually mean a count
+    passed to the wrong argument."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise ValueError(
+            f"`{name}` must be True or False. Received: {name}={value!r}"
+        )
+    return bool(value)
+
+
+def check_path(name, value):
+    """`value` as a str path; `ValueError` unless it is a non-empty str or
+    `os.PathLike`."""
+    if isinstance(value, os.PathLike):
+        value = os.fspath(value)
+    if not isinstance(value, str) or not value:
+        raise ValueError(
+            f"`{name}` must be a non-empty path (a str or os.PathLike). "
             f"Received: {name}={value!r}"
         )
     return value
