@@ -120,3 +120,18 @@ def test_check_docs_finds_missing_public_names(tmp_path):
                            if name != "keras_bayes.optimizers.SOBA"], {})
     assert check_docs.missing_names(str(tmp_path)) == [
         "keras_bayes.optimizers.SOBA"]
+
+
+@pytest.mark.backend_independent
+def test_doctest_examples_become_code_blocks():
+    pytest.importorskip("griffe")  # the `docs` extra
+    fence = _script("docs_doctest_blocks").fence_doctests
+    text = ("Summary.\n\nExample:\n\n    >>> x = f(1,\n    ...       2)\n"
+            "    >>> x\n    3\n\n    Prose after.\n```python\n>>> kept\n```")
+    assert fence(text) == (
+        "Summary.\n\nExample:\n\n    ```pycon\n    >>> x = f(1,\n"
+        "    ...       2)\n    >>> x\n    3\n    ```\n\n    Prose after.\n"
+        "```python\n>>> kept\n```")
+    # griffe reads an "Examples:" section itself.
+    examples = "Summary.\n\nExamples:\n    >>> x\n    3"
+    assert fence(examples) == examples
