@@ -70,6 +70,15 @@ def missing_names(site):
     return missing
 
 
+def has_docstring(package, path):
+    """Whether the object at `path` (resolving imports) has a docstring:
+    mkdocstrings renders documented objects only."""
+    try:
+        return package[path[len("keras_bayes."):]].docstring is not None
+    except Exception:  # an alias griffe cannot resolve: say nothing
+        return True
+
+
 class _Links(html.parser.HTMLParser):
     def __init__(self):
         super().__init__()
@@ -122,8 +131,12 @@ def broken_links(site):
 
 def main(site=os.path.join(ROOT, "site")):
     missing, broken = missing_names(site), broken_links(site)
+    package = load_package() if missing else None
     for name in missing:
-        print(f"not in the API reference: {name}")
+        why = "" if has_docstring(package, name) else (
+            " (it has no docstring: add one, a string literal after an "
+            "assignment)")
+        print(f"not in the API reference: {name}{why}")
     for link in broken:
         print(f"broken link: {link}")
     if missing or broken:

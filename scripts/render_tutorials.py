@@ -35,8 +35,9 @@ TUTORIALS = os.path.join(ROOT, "tutorials")
 PAGES = os.path.join(ROOT, "docs", "tutorials")
 
 # The fast settings (`KERAS_BAYES_FAST=1`, the ones tests/test_tutorials.py
-# runs) for every tutorial: the full schedules take from 3 minutes to over an
-# hour each on the 2-core CPU this project develops on. Backends: the
+# runs) for every tutorial: 49 to 154 s each on the 2-core CPU this project
+# develops on, where the full schedules (5 to 15 times as many epochs) would
+# each take well over the 3 minutes a page is worth. Backends: the
 # tutorial's own default (JAX) where its JAX run is short, TensorFlow for the
 # three whose JAX compiles dominate (the same split as the test suite).
 SETTINGS = {
