@@ -241,8 +241,9 @@ def main(argv):
     os.makedirs(PAGES, exist_ok=True)
     for name in names or sorted(SETTINGS):
         if text_only:
+            page = rerender_text(name)  # reads the page: before opening it
             with open(page_path(name), "w", encoding="utf-8") as handle:
-                handle.write(rerender_text(name))
+                handle.write(page)
         else:
             render_one(name)
 
