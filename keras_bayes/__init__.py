@@ -1,7 +1,9 @@
 """keras_bayes: Bayesian deep learning as a Keras 3 optimizer.
 
-    import keras_bayes
-    model.compile(optimizer=keras_bayes.optimizers.SOBA(0.1, ess=len(x)), ...)
+```python
+import keras_bayes
+model.compile(optimizer=keras_bayes.optimizers.SOBA(0.1, ess=len(x)), ...)
+```
 """
 
 from keras_bayes import callbacks

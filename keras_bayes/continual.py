@@ -34,6 +34,7 @@ from keras_bayes._validation import check_choice
 from keras_bayes._validation import check_positive_integer
 
 SCENARIOS = ("task", "class")
+"""The evaluation scenarios: task-incremental and class-incremental."""
 
 
 @dataclasses.dataclass

@@ -182,6 +182,7 @@ def class_split(x, y, in_classes):
 
 
 SHIFTS = ("gaussian_noise", "contrast", "uniform_noise", "flip")
+"""The kinds of covariate shift that `synthetic_shift` applies."""
 
 
 def synthetic_shift(x, kind="gaussian_noise", severity=1.0, seed=0):

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Creates ./.venv with keras_bayes, the three CPU backends and the test/demo
-# extras. Idempotent: a second run only checks that everything is there.
+# Creates ./.venv with keras_bayes, the three CPU backends and the
+# test/demo/docs extras (docs: the site generator of scripts/build_docs.sh).
+# Idempotent: a second run only checks that everything is there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
@@ -10,4 +11,4 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 "$VENV/bin/python" -m pip install -q --upgrade pip
 "$VENV/bin/python" -m pip install -q -r requirements/cpu-backends.txt
-"$VENV/bin/python" -m pip install -q -e ".[test,demo]"
+"$VENV/bin/python" -m pip install -q -e ".[test,demo,docs]"

@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
-# Installs everything, then runs the test suite once per backend, and the
+# Installs everything, builds and checks the documentation site
+# (scripts/build_docs.sh), then runs the test suite once per backend, and the
 # training-step/saving/optimizer subset on the oldest Keras pyproject.toml
 # admits (scripts/test_keras_floor.sh).
 # Usage: scripts/test.sh [pytest args...]
 #   BACKENDS="jax torch"  run a subset of backends (the Keras floor run is
 #                         then skipped unless KERAS_FLOOR=1)
+#   DOCS=0                skip the documentation build (scripts/build_docs.sh,
+#                         about 20 s, run before the test lanes)
 #   TEST_LANES=1          run everything one after the other (default 2:
 #                         the first backend and the floor subset in one
 #                         lane, the other backends in a second lane; the
@@ -68,6 +71,9 @@ lane_rest() {  # every other backend, without the backend-independent tests
 }
 
 status=0
+if [ "${DOCS:-1}" = 1 ]; then
+  scripts/build_docs.sh || status=1
+fi
 start=$SECONDS
 if [ "$lanes" -le 1 ] || [ "${#backends[@]}" -le 1 ]; then
   lane_first "$@" || status=1

@@ -743,6 +743,7 @@ def lie_group_blr(learning_rate, group="affine", **kwargs):
 #: The name `lie_group_blr` had first, kept so that existing code keeps
 #: working; it is the same factory function, not a class (no `isinstance`).
 LieGroupBLR = lie_group_blr
+"""The earlier name of `lie_group_blr`: the same factory function."""
 
 
 __all__ = ["LieAdditive", "LieAffine", "LieGroupBLR", "LieMultiplicative",

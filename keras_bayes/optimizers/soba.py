@@ -483,3 +483,4 @@ _UNKNOWN_ESS_MESSAGE = (
 
 # IVON is the published name of the same optimizer.
 IVON = SOBA
+"""`IVON`, the published name of this optimizer: the same class as `SOBA`."""
