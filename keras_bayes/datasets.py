@@ -212,3 +212,7 @@ def synthetic_shift(x, kind="gaussian_noise", severity=1.0, seed=0):
         factor = max(0.0, 1.0 - severity / 2.0)
         return (x.mean() + (x - x.mean()) * factor).astype("float32")
     return np.ascontiguousarray(np.flip(x, axis=1))
+
+
+__all__ = ["SHIFTS", "class_split", "load_cifar10", "load_digits",
+           "load_mnist1d", "load_tfds", "synthetic_shift"]

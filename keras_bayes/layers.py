@@ -64,3 +64,6 @@ class FilterResponseNormalization(keras.layers.Layer):
         config.update({"epsilon": self.epsilon, "use_tlu": self.use_tlu,
                        "axis": self.axis})
         return config
+
+
+__all__ = ["FilterResponseNormalization"]

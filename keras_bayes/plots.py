@@ -145,3 +145,7 @@ def continual_accuracy(matrix_by_name, task_names=None, title=None):
         fig.suptitle(title)
     fig.tight_layout()
     return fig
+
+
+__all__ = ["continual_accuracy", "pyplot", "reliability_diagram",
+           "uncertainty_map"]

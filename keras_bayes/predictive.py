@@ -393,3 +393,6 @@ class Predictive:
         """The model average of the class probabilities, shape (n, k)."""
         # Renormalised so that rows sum to one for the metrics.
         return softmax(average_log_probs(self.predict_log_samples(x)))
+
+
+__all__ = ["Predictive", "average_log_probs", "dropout_layers", "softmax"]
