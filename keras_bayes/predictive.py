@@ -271,13 +271,20 @@ class Predictive:
     Example:
 
     ```python
-    model = keras.Sequential([keras.Input((64,)), keras.layers.Dense(10)])
-    model.compile(keras_bayes.optimizers.SOBA(0.2, ess=len(x_train)),
-                  keras.losses.SparseCategoricalCrossentropy(
-                      from_logits=True))
-    model.fit(x_train, y_train, epochs=5)
-    pred = keras_bayes.Predictive(model, num_samples=32, from_logits=True)
-    probs = pred.predict(x_test)           # (n, 10), rows sum to 1
+    import keras
+    import numpy as np
+    import keras_bayes
+
+    x = np.random.default_rng(0).normal(size=(64, 8)).astype("float32")
+    y = (x[:, 0] > 0).astype("int64")
+    model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(2)])
+    model.compile(keras_bayes.optimizers.SOBA(ess=len(x)),
+                  keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.fit(x, y, epochs=2, verbose=0)
+    pred = keras_bayes.Predictive(model, num_samples=8, from_logits=True)
+    probs = pred.predict(x)                # (64, 2), rows sum to 1
+    samples = pred.predict_samples(x)      # (8, 64, 2)
+    at_mean = pred.predict_at_mean(x)      # one pass at the mean
     ```
     """
 

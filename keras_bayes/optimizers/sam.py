@@ -200,10 +200,19 @@ class SAM(TwoPassOptimizer, keras.optimizers.Optimizer):
     Example:
 
     ```python
-    model = keras_bayes.training.TwoPassModel(keras_model)
+    import keras
+    import numpy as np
+    import keras_bayes
+
+    x = np.random.default_rng(0).normal(size=(64, 8)).astype("float32")
+    y = (x[:, 0] > 0).astype("int64")
+
+    model = keras_bayes.training.TwoPassModel(
+        keras.Sequential([keras.Input((8,)), keras.layers.Dense(2)]))
     model.compile(optimizer=keras_bayes.optimizers.SAM(
         1e-3, rho=0.05, base="adam", batch_split=8, weight_decay=2e-4),
-        loss="sparse_categorical_crossentropy")
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.fit(x, y, batch_size=32, epochs=1, verbose=0)  # m = 32 / 8 = 4
     ```
 
     References:
