@@ -87,6 +87,7 @@ BACKEND_INDEPENDENT = {
     "keras_bayes.datasets.synthetic_shift",
     "keras_bayes.predictive.softmax",
     "keras_bayes.predictive.average_log_probs",
+    "keras_bayes.posterior.PriorSpec",
 }
 
 #: Examples that start a torch.distributed process group.
