@@ -759,7 +759,23 @@ def lie_group_blr(learning_rate, group="affine", **kwargs):
     (`group="additive"`), `LieAffine` (`"affine"`, the default) or
     `LieMultiplicative` (`"multiplicative"`), built with the other
     arguments, which are those of that class. The instance is what is saved
-    and restored.
+    and restored. `LieGroupBLR` is the same function.
+
+    Args:
+        learning_rate: the learning rate of the class chosen.
+        group: `"additive"`, `"affine"` (default) or `"multiplicative"`.
+        **kwargs: the other arguments of that class.
+
+    Returns:
+        A `LieAdditive`, `LieAffine` or `LieMultiplicative` instance.
+
+    Example:
+
+    >>> from keras_bayes.optimizers import lie_group_blr
+    >>> optimizer = lie_group_blr(1.0, group="multiplicative", ess=1000,
+    ...                           temperature=0.001)
+    >>> type(optimizer).__name__
+    'LieMultiplicative'
     """
     check_choice("group", group, GROUPS)
     return GROUPS[group](learning_rate, **kwargs)
