@@ -91,8 +91,10 @@ def split_tasks(train, test, classes_per_task=2, task_classes=None):
     >>> from keras_bayes.continual import split_tasks
     >>> y = np.arange(8) % 4                   # labels 0..3
     >>> x = np.arange(8, dtype="float32")[:, None]
-    >>> split_tasks((x, y), (x, y), classes_per_task=2)
-    [Task('classes 0-1', train=4, test=4, classes=(0, 1)), Task('classes 2-3', train=4, test=4, classes=(2, 3))]
+    >>> for task in split_tasks((x, y), (x, y), classes_per_task=2):
+    ...     print(task)
+    Task('classes 0-1', train=4, test=4, classes=(0, 1))
+    Task('classes 2-3', train=4, test=4, classes=(2, 3))
     >>> split_tasks((x, y), (x, y), task_classes=[(3, 0)])[0].y_train
     array([0, 3, 0, 3])
     """
@@ -149,8 +151,10 @@ def permuted_tasks(train, test, num_tasks=5, seed=0):
     >>> from keras_bayes.continual import permuted_tasks
     >>> x = np.arange(8, dtype="float32").reshape(2, 4)
     >>> tasks = permuted_tasks((x, [0, 1]), (x, [0, 1]), num_tasks=2)
-    >>> tasks[0].x_train[0], np.sort(tasks[1].x_train[0])
-    (array([0., 1., 2., 3.], dtype=float32), array([0., 1., 2., 3.], dtype=float32))
+    >>> tasks[0].x_train[0]        # the original order
+    array([0., 1., 2., 3.], dtype=float32)
+    >>> np.sort(tasks[1].x_train[0])  # the same features, permuted
+    array([0., 1., 2., 3.], dtype=float32)
     """
     num_tasks = check_positive_integer("num_tasks", num_tasks)
     (x_train, y_train), (x_test, y_test) = train, test

@@ -28,11 +28,12 @@ class FilterResponseNormalization(keras.layers.Layer):
     Example (at initialisation γ = 1, β = τ = 0: each channel is divided by
     its root mean square, then negative values are cut at 0):
 
+    >>> import keras
     >>> import numpy as np
     >>> from keras_bayes.layers import FilterResponseNormalization
     >>> x = np.array([[[3.0], [-4.0]]], "float32")  # (batch, 2 steps, 1 ch.)
     >>> y = FilterResponseNormalization()(x)
-    >>> np.asarray(y).round(3).ravel()  # 3 / sqrt((9 + 16) / 2), max(·, 0)
+    >>> keras.ops.convert_to_numpy(y).round(3).ravel()  # 3 / rms, max(·, 0)
     array([0.849, 0.   ], dtype=float32)
     """
 

@@ -97,7 +97,7 @@ def small_cnn(num_classes=10, input_shape=(32, 32, 3)):
     >>> import numpy as np
     >>> from keras_bayes.models import small_cnn
     >>> model = small_cnn(num_classes=3, input_shape=(16, 16, 1))
-    >>> model(np.zeros((2, 16, 16, 1), "float32")).shape
+    >>> tuple(model(np.zeros((2, 16, 16, 1), "float32")).shape)
     (2, 3)
     """
     num_classes = check_positive_integer("num_classes", num_classes)
@@ -287,9 +287,10 @@ def transformer_lm(vocab_size, sequence_length, num_layers=2, num_heads=4,
     >>> import numpy as np
     >>> from keras_bayes.models import transformer_lm
     >>> model = transformer_lm(vocab_size=50, sequence_length=8,
-    ...                        num_layers=1, num_heads=2, hidden_dim=16, seed=0)
+    ...                        num_layers=1, num_heads=2, hidden_dim=16,
+    ...                        seed=0)
     >>> tokens = np.random.default_rng(0).integers(0, 50, size=(4, 8))
-    >>> model(tokens).shape   # next-token logits at every position
+    >>> tuple(model(tokens).shape)   # next-token logits at every position
     (4, 8, 50)
     """
     vocab_size = check_positive_integer("vocab_size", vocab_size)

@@ -104,19 +104,21 @@ PYTHON_BLOCK = re.compile(r"^([ \t]*)```python\n(.*?)^\1```",
 
 def public_objects():
     """[(name, object)] of every public class and function, each object
-    once, under the first module of `PUBLIC_MODULES` that lists it."""
-    seen, found = set(), []
+    once: under the first module of `PUBLIC_MODULES` that lists it, by its
+    own `__name__` where an alias names it too (`SOBA`, not `IVON`)."""
+    found = {}
     for module_name in PUBLIC_MODULES:
         module = importlib.import_module(module_name)
         for name in module.__all__:
             obj = getattr(module, name)
             if not (inspect.isclass(obj) or inspect.isfunction(obj)):
                 continue
-            if id(obj) in seen:
-                continue
-            seen.add(id(obj))
-            found.append((f"{module_name}.{name}", obj))
-    return found
+            earlier = found.get(id(obj))
+            if earlier is None or (
+                    earlier[0].rpartition(".")[0] == module_name
+                    and name == obj.__name__):
+                found[id(obj)] = (f"{module_name}.{name}", obj)
+    return list(found.values())
 
 
 PUBLIC = dict(public_objects())

@@ -59,7 +59,8 @@ class UncertaintyMetrics(keras.callbacks.Callback):
             from_logits=True),
         keras.callbacks.CSVLogger("log.csv"),   # sees val_bma_ece, ...
     ])
-    print(history.history["val_bma_ece"], history.history["val_mean_ood_auroc"])
+    print(history.history["val_bma_ece"],
+          history.history["val_mean_ood_auroc"])
     ```
 
     Args:

@@ -71,8 +71,11 @@ def uncertainty_decomposition(sample_probs):
     >>> from keras_bayes.metrics import uncertainty_decomposition
     >>> samples = np.array([[[1.0, 0.0]], [[0.0, 1.0]]])  # (S=2, n=1, k=2)
     >>> parts = uncertainty_decomposition(samples)
-    >>> {key: value.round(4) for key, value in parts.items()}
-    {'total_entropy': array([0.6931]), 'expected_entropy': array([0.]), 'mutual_information': array([0.6931])}
+    >>> for key, value in parts.items():
+    ...     print(key, value.round(4))
+    total_entropy [0.6931]
+    expected_entropy [0.]
+    mutual_information [0.6931]
     """
     samples = check_probs(sample_probs, "sample_probs", ndims=(3,))
     total = entropy_of_rows(samples.mean(axis=0))

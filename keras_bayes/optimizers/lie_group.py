@@ -431,7 +431,7 @@ class LieAffine(_LieGroupOptimizer):
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         metrics=["accuracy"])
     model.fit(x, y, epochs=2, verbose=0)
-    std = model.optimizer.posterior_std()  # |A|·c·(std of the noise) per weight
+    std = model.optimizer.posterior_std()  # |A|·c·(std of noise) per weight
     ```
     """
 

@@ -190,9 +190,9 @@ class StepContext:
             one of the loss itself (`loss_scale_factor`, a
             `LossScaleOptimizer`'s scale); the identity without scaling.
 
-    Example: a `combine_passes` that keeps a statistic of the passes
-    (here the squared norm of the unscaled second gradient, which bSAM and
-    SOBA turn into curvature) in an optimizer variable:
+    Example: a `combine_passes` that clips the gradient to norm 1. The
+    norm is that of the loss itself (`unscale`), so the rule does not
+    change under loss scaling (`mixed_float16`):
 
     ```python
     import keras
@@ -215,15 +215,13 @@ class StepContext:
             return [ops.convert_to_tensor(v) - self.lookahead * g
                     for g, v in zip(gradients, trainable_variables)]
 
-        def build(self, variables):
-            super().build(variables)
-            self.sharpness = self.add_variable((), name="sharpness")
-
         def combine_passes(self, records, context):
-            grads = context.unscale(records[0].second_grads)
-            assert len(grads) == len(context.variables)
-            self.sharpness.assign(sum(ops.sum(g * g) for g in grads))
-            return records[0].second_grads
+            scaled = records[0].second_grads   # one per context.variables
+            assert len(scaled) == len(context.variables)
+            norm = ops.sqrt(sum(ops.sum(ops.square(g))
+                                for g in context.unscale(scaled)))
+            factor = ops.minimum(1.0, 1.0 / (norm + 1e-12))
+            return [g * factor for g in scaled]
 
     x = np.random.default_rng(0).normal(size=(32, 3)).astype("float32")
     y = x @ np.array([[1.0], [-2.0], [0.5]], "float32")
@@ -231,7 +229,6 @@ class StepContext:
                                            keras.layers.Dense(1)]))
     model.compile(optimizer=Extragradient(0.1), loss="mse")
     model.fit(x, y, epochs=2, verbose=0)
-    print(float(model.optimizer.sharpness))
     ```
     """
 
