@@ -163,16 +163,24 @@ def test_every_public_module_has_all():
         assert not missing, (module_name, missing)
 
 
-@pytest.mark.backend_independent
-@pytest.mark.parametrize("name", list(PUBLIC), ids=list(PUBLIC))
-def test_public_name_has_docstring_with_example(name):
+def docstring_problem(name):
+    """What the docstring of public `name` lacks, or None."""
     doc = own_docstring(PUBLIC[name])
-    assert doc, f"{name} has no docstring"
+    if not doc:
+        return f"{name}: no docstring"
     has_doctest, blocks = examples(doc)
-    assert has_doctest or blocks, (
-        f"{name}'s docstring has no example (`>>>` lines or a ```python "
-        "block)")
-    assert "Example" in doc, f"{name}'s docstring has no 'Example' section"
+    if not (has_doctest or blocks):
+        return f"{name}: no example (`>>>` lines or a ```python block)"
+    if "Example" not in doc:
+        return f"{name}: no 'Example' heading"
+    return None
+
+
+@pytest.mark.backend_independent
+def test_every_public_name_has_a_docstring_with_an_example():
+    # One test for all names (each test costs a Keras session reset).
+    problems = [p for p in map(docstring_problem, PUBLIC) if p]
+    assert not problems, "\n".join(problems)
 
 
 def run_examples(name, doc):
