@@ -12,7 +12,8 @@ directory (examples that save files leave nothing behind).
 Examples that build or train a Keras model run on every backend; pure NumPy
 ones are marked `backend_independent` (run once), and the torch.distributed
 ones run on torch only. Examples are tiny (a few dozen examples, one or two
-epochs) so that the whole file stays well under a minute per backend.
+epochs); the slowest are the first builds of ResNet-20 and the transformer
+on JAX, where each initializer is compiled once per process.
 """
 
 import contextlib
