@@ -18,7 +18,20 @@ DEFAULT_CIFAR10_PATH = os.path.join(
 def load_digits(test_fraction=0.3, seed=0):
     """scikit-learn's 8×8 digits (1 797 images, 10 classes), scaled to [0, 1].
 
-    Returns `(x_train, y_train), (x_test, y_test)` with x of shape (n, 64).
+    Args:
+        test_fraction: float, the share of the examples held out.
+        seed: int, the seed of the shuffle before the split.
+
+    Returns:
+        `(x_train, y_train), (x_test, y_test)` with x float32 of shape
+        (n, 64) and y int64.
+
+    Example:
+
+    >>> from keras_bayes.datasets import load_digits
+    >>> (x_train, y_train), (x_test, y_test) = load_digits()
+    >>> x_train.shape, x_test.shape, float(x_train.max())
+    ((1258, 64), (539, 64), 1.0)
     """
     from sklearn.datasets import load_digits as sk_load_digits
 
@@ -38,7 +51,20 @@ def load_mnist1d(num_samples=5000, seed=42):
     which makes it a good calibration benchmark. Standardised with the
     training set's mean and std; 80 % train, 20 % test.
 
-    Returns `(x_train, y_train), (x_test, y_test)` with x of shape (n, 40).
+    Args:
+        num_samples: int, examples generated (train and test together).
+        seed: int, the generator's seed.
+
+    Returns:
+        `(x_train, y_train), (x_test, y_test)` with x float32 of shape
+        (n, 40) and y int64 in [0, 10).
+
+    Example:
+
+    >>> from keras_bayes.datasets import load_mnist1d
+    >>> (x_train, y_train), (x_test, y_test) = load_mnist1d(num_samples=500)
+    >>> x_train.shape, x_test.shape
+    ((400, 40), (100, 40))
     """
     from mnist1d.data import get_dataset_args
     from mnist1d.data import make_dataset
@@ -86,6 +112,37 @@ def load_cifar10(path=None, train_size=None, test_size=None, seed=0,
 
     Returns:
         `(x_train, y_train), (x_test, y_test)`, x of shape (n, 32, 32, 3).
+
+    Example (on a stand-in archive of 20 random images, written in the
+    format above; with the real archive only the last call is needed):
+
+    ```python
+    import io, lzma
+    import numpy as np
+    from PIL import Image
+    from keras_bayes.datasets import load_cifar10
+
+    images = np.random.default_rng(0).integers(
+        0, 256, size=(20, 32, 32, 3), dtype=np.uint8)
+    jpegs = []
+    for image in images:
+        buffer = io.BytesIO()
+        Image.fromarray(image).save(buffer, format="JPEG")
+        jpegs.append(np.frombuffer(buffer.getvalue(), np.uint8))
+    offsets = np.cumsum([0] + [len(jpeg) for jpeg in jpegs])
+    split = dict(jpeg=np.concatenate(jpegs), offsets=offsets,
+                 y=np.repeat(np.arange(10), 2))
+    buffer = io.BytesIO()
+    np.savez(buffer, **{f"{key}_{part}": value for key, value in split.items()
+                        for part in ("train", "test")})
+    with lzma.open("cifar10-jpeg.npz.xz", "wb") as f:
+        f.write(buffer.getvalue())
+
+    (x_train, y_train), (x_test, y_test) = load_cifar10(
+        "cifar10-jpeg.npz.xz", train_size=10, test_size=10)
+    assert x_train.shape == (10, 32, 32, 3) and x_train.dtype == np.uint8
+    assert sorted(y_train) == list(range(10))   # one image per class
+    ```
     """
     path = path or os.environ.get("KERAS_BAYES_CIFAR10") or (
         DEFAULT_CIFAR10_PATH)
@@ -131,7 +188,27 @@ def load_tfds(name, split=("train", "test")):
     """A `tensorflow_datasets` image classification set as NumPy arrays.
 
     For users with internet access (or a prepared TFDS data directory).
-    Returns `(x_train, y_train), (x_test, y_test)`.
+
+    Args:
+        name: a TFDS dataset name with `as_supervised` (image, label) pairs,
+            e.g. `"cifar100"`.
+        split: the two split names.
+
+    Returns:
+        `(x_train, y_train), (x_test, y_test)`, y int64.
+
+    Example: `load_tfds("cifar100")` downloads CIFAR-100 on first use.
+    Offline, TFDS' mock data stands in for it (random images of the right
+    shape):
+
+    ```python
+    import tensorflow_datasets as tfds
+    from keras_bayes.datasets import load_tfds
+
+    with tfds.testing.mock_data(num_examples=8):
+        (x_train, y_train), (x_test, y_test) = load_tfds("cifar100")
+    assert x_train.shape == (8, 32, 32, 3) and y_train.dtype == "int64"
+    ```
     """
     import tensorflow_datasets as tfds
 
@@ -161,7 +238,22 @@ def class_split(x, y, in_classes):
     out-of-distribution set (OOD is the positive class in
     `keras_bayes.metrics`' OOD scores).
 
-    Returns `(x_in, y_in), x_out`.
+    Args:
+        x: inputs, n examples.
+        y: integer labels (n,).
+        in_classes: the labels kept in distribution, in their new order.
+
+    Returns:
+        `(x_in, y_in), x_out`.
+
+    Example: train on digits 0-4, use 5-9 as out-of-distribution inputs:
+
+    >>> import numpy as np
+    >>> from keras_bayes.datasets import class_split
+    >>> x, y = np.arange(6)[:, None], np.array([0, 1, 2, 0, 1, 2])
+    >>> (x_in, y_in), x_out = class_split(x, y, in_classes=[2, 0])
+    >>> x_in.ravel(), y_in, x_out.ravel()
+    (array([0, 2, 3, 5]), array([1, 0, 1, 0]), array([1, 4]))
     """
     y = np.asarray(y).reshape(-1)
     in_classes = [int(c) for c in in_classes]
@@ -196,6 +288,29 @@ def synthetic_shift(x, kind="gaussian_noise", severity=1.0, seed=0):
             severity 2 to a constant input.
         `flip`: each input reversed along its first non-batch axis (an image
             turned upside down, a 1-D signal played backwards).
+
+    Args:
+        x: float inputs, examples on the first axis.
+        kind: one of `SHIFTS`.
+        severity: float >= 0, the strength of the shift.
+        seed: int, the seed of the noise.
+
+    Returns:
+        A float32 array of the shape of `x`.
+
+    Example:
+
+    >>> import numpy as np
+    >>> from keras_bayes.datasets import synthetic_shift
+    >>> x = np.array([[0.0, 1.0, 2.0], [2.0, 3.0, 4.0]])
+    >>> synthetic_shift(x, "contrast", severity=1.0)
+    array([[1. , 1.5, 2. ],
+           [2. , 2.5, 3. ]], dtype=float32)
+    >>> synthetic_shift(x, "flip")
+    array([[2., 1., 0.],
+           [4., 3., 2.]], dtype=float32)
+    >>> synthetic_shift(x, "gaussian_noise", severity=0.5).shape
+    (2, 3)
     """
     if kind not in SHIFTS:
         raise ValueError(f"`kind` must be one of {list(SHIFTS)}. "
@@ -213,3 +328,7 @@ def synthetic_shift(x, kind="gaussian_noise", severity=1.0, seed=0):
         factor = max(0.0, 1.0 - severity / 2.0)
         return (x.mean() + (x - x.mean()) * factor).astype("float32")
     return np.ascontiguousarray(np.flip(x, axis=1))
+
+
+__all__ = ["SHIFTS", "class_split", "load_cifar10", "load_digits",
+           "load_mnist1d", "load_tfds", "synthetic_shift"]

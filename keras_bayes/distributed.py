@@ -88,6 +88,31 @@ def broadcast_variables(model, src=0, group=None, include_optimizer=True):
             group).
         include_optimizer: bool, also broadcast `model.optimizer.variables`
             (built ones only).
+
+    Example (torch backend; the start of a loop of your own, as
+    `fit_data_parallel` does it):
+
+    ```python
+    import tempfile
+    import keras
+    import numpy as np
+    import torch.distributed as dist
+    import keras_bayes
+
+    # torchrun starts one process per rank and sets the environment; run
+    # alone, this script is a group of one.
+    dist.init_process_group("gloo", rank=0, world_size=1,
+                            init_method=f"file://{tempfile.mkdtemp()}/store")
+    x = np.random.default_rng(0).normal(size=(64, 8)).astype("float32")
+    y = (x[:, 0] > 0).astype("int64")
+    model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(2)])
+    model.compile(keras_bayes.optimizers.SOBA(ess=len(x), seed=0),
+                  keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                  metrics=["accuracy"])
+    model.optimizer.build(model.trainable_variables)
+    keras_bayes.distributed.broadcast_variables(model)  # rank 0's values
+    dist.destroy_process_group()
+    ```
     """
     import torch
 
@@ -168,6 +193,37 @@ def train_step(model, x, y=None, sample_weight=None, group=None):
         The logs of `model.compute_metrics` on this rank: the loss tracker
         and compiled metrics have seen this rank's shards only; use
         `global_metrics_result` for the values over all ranks.
+
+    Example (torch backend; one epoch of a loop of your own, the global
+    batch of 32 split over the ranks):
+
+    ```python
+    import tempfile
+    import keras
+    import numpy as np
+    import torch.distributed as dist
+    import keras_bayes
+
+    # torchrun starts one process per rank and sets the environment; run
+    # alone, this script is a group of one.
+    dist.init_process_group("gloo", rank=0, world_size=1,
+                            init_method=f"file://{tempfile.mkdtemp()}/store")
+    x = np.random.default_rng(0).normal(size=(64, 8)).astype("float32")
+    y = (x[:, 0] > 0).astype("int64")
+    model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(2)])
+    model.compile(keras_bayes.optimizers.SOBA(ess=len(x), seed=0),
+                  keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                  metrics=["accuracy"])
+    model.optimizer.build(model.trainable_variables)
+    keras_bayes.distributed.broadcast_variables(model)
+    rank, world = dist.get_rank(), dist.get_world_size()
+    for start in range(0, len(x), 32):
+        lo, hi = keras_bayes.distributed.shard_bounds(32, rank, world)
+        keras_bayes.distributed.train_step(
+            model, x[start + lo:start + hi], y[start + lo:start + hi])
+    logs = keras_bayes.distributed.global_metrics_result(model)
+    dist.destroy_process_group()
+    ```
     """
     import torch
 
@@ -204,6 +260,40 @@ def global_metrics_result(model, group=None):
     totals and counts) are summed over the ranks, those with
     `aggregation="mean"` averaged, the others taken from this rank; the
     local values are restored afterwards.
+
+    Args:
+        model: a compiled `keras.Model` whose metrics have seen this rank's
+            shards.
+        group: a `torch.distributed` process group, or None.
+
+    Returns:
+        A dict name -> float (or array), like `model.get_metrics_result()`.
+
+    Example (torch backend):
+
+    ```python
+    import tempfile
+    import keras
+    import numpy as np
+    import torch.distributed as dist
+    import keras_bayes
+
+    # torchrun starts one process per rank and sets the environment; run
+    # alone, this script is a group of one.
+    dist.init_process_group("gloo", rank=0, world_size=1,
+                            init_method=f"file://{tempfile.mkdtemp()}/store")
+    x = np.random.default_rng(0).normal(size=(64, 8)).astype("float32")
+    y = (x[:, 0] > 0).astype("int64")
+    model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(2)])
+    model.compile(keras_bayes.optimizers.SOBA(ess=len(x), seed=0),
+                  keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                  metrics=["accuracy"])
+    model.optimizer.build(model.trainable_variables)
+    keras_bayes.distributed.train_step(model, x, y)
+    logs = keras_bayes.distributed.global_metrics_result(model)
+    print(logs["loss"], logs["accuracy"])   # over all ranks
+    dist.destroy_process_group()
+    ```
     """
     import torch
 
@@ -234,7 +324,23 @@ def global_metrics_result(model, group=None):
 
 
 def shard_bounds(size, rank, world):
-    """[lo, hi) of rank `rank`'s contiguous shard of a batch of `size`."""
+    """[lo, hi) of rank `rank`'s contiguous shard of a batch of `size`.
+
+    Args:
+        size: int, the examples in the global batch.
+        rank: int, this process's rank.
+        world: int, the number of processes.
+
+    Returns:
+        `(lo, hi)`: the rank takes `batch[lo:hi]`; shards differ in size by
+        at most one.
+
+    Example:
+
+    >>> from keras_bayes.distributed import shard_bounds
+    >>> [shard_bounds(10, rank, 3) for rank in range(3)]
+    [(0, 3), (3, 6), (6, 10)]
+    """
     return rank * size // world, (rank + 1) * size // world
 
 
@@ -274,6 +380,32 @@ def fit_data_parallel(model, x, y=None, sample_weight=None, batch_size=32,
     Returns:
         A dict of lists, one entry per epoch, of the metric results over
         all ranks (`global_metrics_result`), like `History.history`.
+
+    Example (torch backend; start it with `torchrun --nproc-per-node=2
+    train.py`, or alone as a group of one):
+
+    ```python
+    import tempfile
+    import keras
+    import numpy as np
+    import torch.distributed as dist
+    import keras_bayes
+
+    # torchrun starts one process per rank and sets the environment; run
+    # alone, this script is a group of one.
+    dist.init_process_group("gloo", rank=0, world_size=1,
+                            init_method=f"file://{tempfile.mkdtemp()}/store")
+    x = np.random.default_rng(0).normal(size=(64, 8)).astype("float32")
+    y = (x[:, 0] > 0).astype("int64")
+    model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(2)])
+    model.compile(keras_bayes.optimizers.SOBA(ess=len(x), seed=0),
+                  keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                  metrics=["accuracy"])
+    history = keras_bayes.distributed.fit_data_parallel(
+        model, x, y, batch_size=32, epochs=2)
+    print(history["loss"])   # two epochs
+    dist.destroy_process_group()
+    ```
     """
     _, rank, world = _world(group)
     size = _batch_size(x)

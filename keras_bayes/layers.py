@@ -24,6 +24,17 @@ class FilterResponseNormalization(keras.layers.Layer):
         epsilon: float > 0 added to ν². Defaults to 1e-6.
         use_tlu: bool, apply the learned threshold τ. Defaults to True.
         axis: the channel axis. Defaults to -1 (channels last).
+
+    Example (at initialisation γ = 1, β = τ = 0: each channel is divided by
+    its root mean square, then negative values are cut at 0):
+
+    >>> import keras
+    >>> import numpy as np
+    >>> from keras_bayes.layers import FilterResponseNormalization
+    >>> x = np.array([[[3.0], [-4.0]]], "float32")  # (batch, 2 steps, 1 ch.)
+    >>> y = FilterResponseNormalization()(x)
+    >>> keras.ops.convert_to_numpy(y).round(3).ravel()  # 3 / rms, max(·, 0)
+    array([0.849, 0.   ], dtype=float32)
     """
 
     def __init__(self, epsilon=1e-6, use_tlu=True, axis=-1, **kwargs):
@@ -64,3 +75,6 @@ class FilterResponseNormalization(keras.layers.Layer):
         config.update({"epsilon": self.epsilon, "use_tlu": self.use_tlu,
                        "axis": self.axis})
         return config
+
+
+__all__ = ["FilterResponseNormalization"]

@@ -57,6 +57,13 @@ def resnet20(num_classes=10, normalization="frn", input_shape=(32, 32, 3),
     Returns:
         A functional `keras.Model` named `resnet20_<normalization>`,
         about 0.27 M parameters at the defaults.
+
+    Example:
+
+    >>> from keras_bayes.models import resnet20
+    >>> model = resnet20(num_classes=10)
+    >>> model.name, model.count_params(), model.output.shape
+    ('resnet20_frn', 273258, (None, 10))
     """
     check_choice("normalization", normalization, NORMALIZATIONS)
     num_classes = check_positive_integer("num_classes", num_classes)
@@ -76,7 +83,22 @@ def resnet20(num_classes=10, normalization="frn", input_shape=(32, 32, 3),
 
 
 def small_cnn(num_classes=10, input_shape=(32, 32, 3)):
-    """A two-block CNN for quick CPU runs (about 0.1 M parameters)."""
+    """A two-block CNN for quick CPU runs (about 0.1 M parameters).
+
+    Args:
+        num_classes: int, outputs (logits).
+        input_shape: the image shape.
+
+    Returns:
+        A `keras.Sequential` named `small_cnn`.
+
+    Example:
+
+    >>> from keras_bayes.models import small_cnn
+    >>> model = small_cnn(num_classes=3, input_shape=(16, 16, 1))
+    >>> model.compute_output_shape((None, 16, 16, 1)), model.count_params()
+    ((None, 3), 55939)
+    """
     num_classes = check_positive_integer("num_classes", num_classes)
     layers = keras.layers
     return keras.Sequential([
@@ -106,6 +128,16 @@ class PositionEmbedding(keras.layers.Layer):
         embeddings_initializer: initializer of the table. Defaults to
             `RandomNormal(stddev=0.02)` (GPT-2).
         **kwargs: `name`, `dtype` and the other `Layer` arguments.
+
+    Example:
+
+    >>> import keras
+    >>> from keras_bayes.models import PositionEmbedding
+    >>> tokens = keras.Input((6,), dtype="int32")
+    >>> x = keras.layers.Embedding(100, 16)(tokens)
+    >>> x = PositionEmbedding(sequence_length=6)(x)
+    >>> x.shape
+    (None, 6, 16)
     """
 
     def __init__(self, sequence_length, embeddings_initializer=None,
@@ -244,6 +276,19 @@ def transformer_lm(vocab_size, sequence_length, num_layers=2, num_heads=4,
         A functional `keras.Model` named `transformer_lm`, mapping int token
         ids (batch, sequence_length) to float32 logits
         (batch, sequence_length, vocab_size).
+
+    Example: a tiny model on random tokens. Train it like any classifier
+    of the last axis, e.g. `model.compile(keras_bayes.optimizers.SOBA(...),
+    keras.losses.SparseCategoricalCrossentropy(from_logits=True))` and
+    `model.fit(tokens[:, :-1], tokens[:, 1:])`
+    (`keras_bayes.recipes.soba_gpt2_recipe` has the settings).
+
+    >>> from keras_bayes.models import transformer_lm
+    >>> model = transformer_lm(vocab_size=50, sequence_length=8,
+    ...                        num_layers=1, num_heads=2, hidden_dim=16,
+    ...                        seed=0)
+    >>> model.input.shape, model.output.shape   # logits at every position
+    ((None, 8), (None, 8, 50))
     """
     vocab_size = check_positive_integer("vocab_size", vocab_size)
     sequence_length = check_positive_integer("sequence_length",

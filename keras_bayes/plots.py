@@ -13,7 +13,23 @@ from keras_bayes.metrics import calibration
 def pyplot():
     """`matplotlib.pyplot`, set to the non-interactive "Agg" backend unless
     one was chosen already; `ImportError` with the install command if
-    matplotlib is missing. For figures of your own next to these."""
+    matplotlib is missing. For figures of your own next to these.
+
+    Returns:
+        The `matplotlib.pyplot` module.
+
+    Example:
+
+    ```python
+    from keras_bayes import plots
+
+    plt = plots.pyplot()
+    fig, ax = plt.subplots()
+    ax.plot([0, 1], [0, 1], "k--")
+    fig.savefig("diagonal.png")
+    plt.close(fig)
+    ```
+    """
     try:
         import matplotlib
 
@@ -33,9 +49,33 @@ def reliability_diagram(labels, probs_by_name, num_bins=15, title=None):
         labels: integer labels, shape (n,).
         probs_by_name: dict name -> probabilities (n, k), or one array.
         num_bins: number of equal-width confidence bins.
+        title: optional figure title.
+
+    Returns:
+        A `matplotlib.figure.Figure`.
 
     Each panel shows the per-bin accuracy as bars, the gap to the diagonal
     (perfect calibration), the fraction of examples per bin, and the ECE.
+
+    Example: an overconfident and a calibrated model on the same labels.
+
+    ```python
+    import numpy as np
+    from keras_bayes import plots
+
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 2, size=500)
+    confidence = rng.uniform(0.5, 1.0, size=500)
+    correct = rng.uniform(size=500) < confidence      # calibrated
+    predicted = np.where(correct, labels, 1 - labels)
+    calibrated = np.where(predicted[:, None] == [0, 1], confidence[:, None],
+                          1 - confidence[:, None])
+    overconfident = np.where(calibrated > 0.5, 0.99, 0.01)
+    fig = plots.reliability_diagram(
+        labels, {"calibrated": calibrated, "overconfident": overconfident},
+        num_bins=10)
+    fig.savefig("reliability.png")
+    ```
     """
     plt = pyplot()
     if not isinstance(probs_by_name, dict):
@@ -82,9 +122,36 @@ def uncertainty_map(predict_proba_by_name, x, y, resolution=150,
         x: training inputs (n, 2), drawn on top; y: their labels.
         resolution: grid points per axis.
         margin: how far the grid extends beyond the data.
+        title: optional figure title.
+
+    Returns:
+        A `matplotlib.figure.Figure`.
 
     Bright regions are uncertain (high entropy); a Bayesian model should be
     bright away from the data, not only on the decision boundary.
+
+    Example, with two hand-written predictors in place of models (a
+    model's would be `keras_bayes.Predictive(model, ...).predict`):
+
+    ```python
+    import numpy as np
+    from keras_bayes import plots
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(100, 2))
+    y = (x[:, 0] > 0).astype(int)
+
+    def sigmoid_of(scale):
+        def predict_proba(points):
+            p = 1 / (1 + np.exp(-scale * points[:, 0]))
+            return np.stack([1 - p, p], axis=1)
+        return predict_proba
+
+    fig = plots.uncertainty_map(
+        {"sharp": sigmoid_of(10.0), "smooth": sigmoid_of(1.0)}, x, y,
+        resolution=40)
+    fig.savefig("uncertainty.png")
+    ```
     """
     plt = pyplot()
     x = np.asarray(x)
@@ -121,6 +188,21 @@ def continual_accuracy(matrix_by_name, task_names=None, title=None):
             the `keras_bayes.continual` metrics take).
         task_names: optional list of T names for the legend.
         title: optional figure title.
+
+    Returns:
+        A `matplotlib.figure.Figure`.
+
+    Example:
+
+    ```python
+    from keras_bayes import plots
+
+    fig = plots.continual_accuracy({
+        "fine-tune": [[0.99, 0.0], [0.40, 0.98]],
+        "with a prior": [[0.99, 0.0], [0.90, 0.95]],
+    }, task_names=["0-1", "2-3"])
+    fig.savefig("continual.png")
+    ```
     """
     plt = pyplot()
     names = list(matrix_by_name)
@@ -145,3 +227,7 @@ def continual_accuracy(matrix_by_name, task_names=None, title=None):
         fig.suptitle(title)
     fig.tight_layout()
     return fig
+
+
+__all__ = ["continual_accuracy", "pyplot", "reliability_diagram",
+           "uncertainty_map"]

@@ -32,6 +32,38 @@ class Posterior:
         paths: list of str, the `variable.path` of each variable, used to
             match the Gaussian to a model's variables. Defaults to
             `"variable_<i>"`.
+
+    Example: built by hand, kept in a file, made broader.
+
+    >>> import numpy as np
+    >>> from keras_bayes import Posterior
+    >>> posterior = Posterior([np.zeros(3)], [np.full(3, 4.0)],
+    ...                       paths=["dense/kernel"])
+    >>> posterior
+    <Posterior: 1 variables, 3 weights>
+    >>> posterior.stds[0]
+    array([0.5, 0.5, 0.5], dtype=float32)
+    >>> posterior.save("task1.npz")
+    >>> Posterior.load("task1.npz").tempered(0.25).stds[0]
+    array([1., 1., 1.], dtype=float32)
+
+    What an optimizer learnt, as the prior of the next task:
+
+    ```python
+    import keras
+    import numpy as np
+    import keras_bayes
+
+    x = np.random.default_rng(0).normal(size=(64, 8)).astype("float32")
+    y = (x[:, 0] > 0).astype("int64")
+    model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(2)])
+    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    model.compile(keras_bayes.optimizers.SOBA(ess=len(x)), loss)
+    model.fit(x, y, epochs=2, verbose=0)
+    task1 = model.optimizer.posterior()       # a Posterior
+    model.compile(keras_bayes.optimizers.SOBA(ess=len(x), prior=task1), loss)
+    model.fit(x, 1 - y, epochs=2, verbose=0)  # task 2, pulled towards task 1
+    ```
     """
 
     def __init__(self, means, precisions, paths=None):
@@ -179,6 +211,17 @@ class PriorSpec:
     the values are slots of the optimizer, saved and restored with its
     variables (`.keras` files). `from_config` rebuilds the optimizer with this
     placeholder, and loading the file fills it in.
+
+    Args:
+        paths: list of str, the variables' paths.
+        shapes: list of shapes, one per path.
+
+    Example:
+
+    >>> from keras_bayes.posterior import PriorSpec
+    >>> spec = PriorSpec(["dense/kernel", "dense/bias"], [(8, 2), (2,)])
+    >>> len(spec), spec.spec()
+    (2, {'paths': ['dense/kernel', 'dense/bias'], 'shapes': [[8, 2], [2]]})
     """
 
     def __init__(self, paths, shapes):

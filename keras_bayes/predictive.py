@@ -37,13 +37,48 @@ def logsumexp(values, axis, keepdims=False):
 
 
 def average_log_probs(log_probs):
-    """log((1/S)·Σ_s p_s) from per-sample log-probabilities (S, n, k)."""
+    """log((1/S)·Σ_s p_s) from per-sample log-probabilities (S, n, k).
+
+    The model average in log space (logsumexp), exact where averaging
+    `exp(log_probs)` would underflow.
+
+    Args:
+        log_probs: NumPy array (S, n, k) of per-sample log-probabilities.
+
+    Returns:
+        A NumPy array (n, k).
+
+    Example:
+
+    >>> import numpy as np
+    >>> from keras_bayes.predictive import average_log_probs
+    >>> samples = np.log([[[0.9, 0.1]], [[0.5, 0.5]]])  # S=2, n=1, k=2
+    >>> np.exp(average_log_probs(samples)).round(4)
+    array([[0.7, 0.3]])
+    >>> average_log_probs(np.array([[[-1000.0]], [[-1001.0]]])).round(4)
+    array([[-1000.3799]])
+    """
     return logsumexp(log_probs, axis=0) - np.log(log_probs.shape[0])
 
 
 def softmax(logits):
     """Probabilities from logits or unnormalised log-probabilities (last
-    axis); also renormalises log-probabilities that rounding moved."""
+    axis); also renormalises log-probabilities that rounding moved.
+
+    Args:
+        logits: NumPy array, classes on the last axis.
+
+    Returns:
+        A NumPy array of the same shape, rows summing to 1.
+
+    Example:
+
+    >>> import numpy as np
+    >>> from keras_bayes.predictive import softmax
+    >>> softmax(np.array([[0.0, np.log(3.0)], [1000.0, 1000.0]])).round(4)
+    array([[0.25, 0.75],
+           [0.5 , 0.5 ]])
+    """
     return np.exp(logits - logsumexp(logits, axis=-1, keepdims=True))
 
 
@@ -63,6 +98,25 @@ def dropout_layers(model):
     `recurrent_dropout > 0` (`LSTM`, `GRU`, `SimpleRNN` and their cells,
     `Attention`; `MultiHeadAttention` holds a `Dropout`). Layers are found
     recursively, inside nested models and custom layers.
+
+    Args:
+        model: a Keras model or layer.
+
+    Returns:
+        Two lists of layers, `(random, inactive)`. `Predictive(method=
+        "dropout")` needs `random` to be non-empty.
+
+    Example:
+
+    >>> import keras
+    >>> from keras_bayes.predictive import dropout_layers
+    >>> model = keras.Sequential([
+    ...     keras.Input((4,)),
+    ...     keras.layers.Dense(8), keras.layers.Dropout(0.5, name="drop"),
+    ...     keras.layers.Dense(2), keras.layers.Dropout(0.0, name="off")])
+    >>> random, inactive = dropout_layers(model)
+    >>> [layer.name for layer in random], [layer.name for layer in inactive]
+    (['drop'], ['off'])
     """
     random, inactive = [], []
     for layer in _keras_compat.flatten_layers(model):
@@ -271,13 +325,20 @@ class Predictive:
     Example:
 
     ```python
-    model = keras.Sequential([keras.Input((64,)), keras.layers.Dense(10)])
-    model.compile(keras_bayes.optimizers.SOBA(0.2, ess=len(x_train)),
-                  keras.losses.SparseCategoricalCrossentropy(
-                      from_logits=True))
-    model.fit(x_train, y_train, epochs=5)
-    pred = keras_bayes.Predictive(model, num_samples=32, from_logits=True)
-    probs = pred.predict(x_test)           # (n, 10), rows sum to 1
+    import keras
+    import numpy as np
+    import keras_bayes
+
+    x = np.random.default_rng(0).normal(size=(64, 8)).astype("float32")
+    y = (x[:, 0] > 0).astype("int64")
+    model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(2)])
+    model.compile(keras_bayes.optimizers.SOBA(ess=len(x)),
+                  keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.fit(x, y, epochs=2, verbose=0)
+    pred = keras_bayes.Predictive(model, num_samples=8, from_logits=True)
+    probs = pred.predict(x)                # (64, 2), rows sum to 1
+    samples = pred.predict_samples(x)      # (8, 64, 2)
+    at_mean = pred.predict_at_mean(x)      # one pass at the mean
     ```
     """
 
@@ -393,3 +454,6 @@ class Predictive:
         """The model average of the class probabilities, shape (n, k)."""
         # Renormalised so that rows sum to one for the metrics.
         return softmax(average_log_probs(self.predict_log_samples(x)))
+
+
+__all__ = ["Predictive", "average_log_probs", "dropout_layers", "softmax"]

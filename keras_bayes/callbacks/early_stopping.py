@@ -25,11 +25,24 @@ class EarlyStopping(keras.callbacks.EarlyStopping):
     `keras_bayes.callbacks.SwapMeanWeights()` as well; without it the
     validation metrics are those of the current sample.
 
+    Example:
+
     ```python
-    model.fit(x, y, validation_data=(xv, yv), epochs=100, callbacks=[
-        keras_bayes.callbacks.SwapMeanWeights(),
-        keras_bayes.callbacks.EarlyStopping(patience=5,
-                                            restore_best_weights=True)])
+    import keras
+    import numpy as np
+    import keras_bayes
+
+    x = np.random.default_rng(0).normal(size=(64, 8)).astype("float32")
+    y = (x[:, 0] > 0).astype("int64")
+    model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(2)])
+    model.compile(keras_bayes.optimizers.SOBA(ess=len(x)),
+                  keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.fit(x[:48], y[:48], validation_data=(x[48:], y[48:]), epochs=3,
+              verbose=0, callbacks=[
+                  keras_bayes.callbacks.SwapMeanWeights(),
+                  keras_bayes.callbacks.EarlyStopping(
+                      patience=1, restore_best_weights=True)])
+    # The model holds the best epoch's posterior mean.
     ```
 
     Args: those of `keras.callbacks.EarlyStopping`.

@@ -33,11 +33,24 @@ class ModelCheckpoint(keras.callbacks.ModelCheckpoint):
     `on_train_batch_end` whether to save), which costs two copies of the
     weights per batch. With another optimizer it is Keras' `ModelCheckpoint`.
 
+    Example:
+
     ```python
-    model.fit(x, y, validation_data=(xv, yv), epochs=20, callbacks=[
-        keras_bayes.callbacks.ModelCheckpoint(
-            "best.keras", monitor="val_loss", save_best_only=True)])
+    import keras
+    import numpy as np
+    import keras_bayes
+
+    x = np.random.default_rng(0).normal(size=(64, 8)).astype("float32")
+    y = (x[:, 0] > 0).astype("int64")
+    model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(2)])
+    model.compile(keras_bayes.optimizers.SOBA(ess=len(x)),
+                  keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.fit(x[:48], y[:48], validation_data=(x[48:], y[48:]), epochs=2,
+              verbose=0, callbacks=[
+                  keras_bayes.callbacks.ModelCheckpoint(
+                      "best.keras", monitor="val_loss", save_best_only=True)])
     model = keras.models.load_model("best.keras")   # the best epoch's mean
+    std = model.optimizer.posterior_std()           # and its posterior
     ```
 
     Args: those of `keras.callbacks.ModelCheckpoint`.

@@ -18,11 +18,22 @@ class NonfiniteSteps(keras.callbacks.Callback):
     before those. With an optimizer that has no such counter it does
     nothing.
 
+    Example:
+
     ```python
-    history = model.fit(x, y, epochs=10, callbacks=[
+    import keras
+    import numpy as np
+    import keras_bayes
+
+    x = np.random.default_rng(0).normal(size=(64, 8)).astype("float32")
+    y = (x[:, 0] > 0).astype("int64")
+    model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(2)])
+    model.compile(keras_bayes.optimizers.SOBA(ess=len(x)),
+                  keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    history = model.fit(x, y, epochs=2, verbose=0, callbacks=[
         keras_bayes.callbacks.NonfiniteSteps(),
         keras.callbacks.CSVLogger("log.csv")])
-    history.history["nonfinite_steps"]   # one running count per epoch
+    print(history.history["nonfinite_steps"])  # [0, 0]: a running count
     ```
     """
 

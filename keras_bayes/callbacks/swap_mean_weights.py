@@ -25,10 +25,19 @@ class SwapMeanWeights(keras.callbacks.Callback):
     Example:
 
     ```python
-    opt = keras_bayes.optimizers.SOBA(0.1, ess=len(x_train))
-    model.compile(optimizer=opt, loss="sparse_categorical_crossentropy")
-    model.fit(x_train, y_train, validation_data=(x_val, y_val),
-              callbacks=[keras_bayes.callbacks.SwapMeanWeights()])
+    import keras
+    import numpy as np
+    import keras_bayes
+
+    x = np.random.default_rng(0).normal(size=(64, 8)).astype("float32")
+    y = (x[:, 0] > 0).astype("int64")
+    model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(2)])
+    model.compile(keras_bayes.optimizers.SOBA(ess=len(x)),
+                  keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    history = model.fit(x[:48], y[:48], validation_data=(x[48:], y[48:]),
+                        epochs=2, verbose=0,
+                        callbacks=[keras_bayes.callbacks.SwapMeanWeights()])
+    history.history["val_loss"]   # at the posterior mean
     ```
 
     Args:

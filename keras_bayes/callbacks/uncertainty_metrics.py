@@ -44,11 +44,23 @@ class UncertaintyMetrics(keras.callbacks.Callback):
     Example:
 
     ```python
-    model.fit(x_train, y_train, epochs=10, callbacks=[
+    import keras
+    import numpy as np
+    import keras_bayes
+
+    x = np.random.default_rng(0).normal(size=(64, 8)).astype("float32")
+    y = (x[:, 0] > 0).astype("int64")
+    model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(2)])
+    model.compile(keras_bayes.optimizers.SOBA(ess=len(x)),
+                  keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    history = model.fit(x[:48], y[:48], epochs=2, verbose=0, callbacks=[
         keras_bayes.callbacks.UncertaintyMetrics(
-            (x_val, y_val), ood_data=x_ood, from_logits=True),
+            (x[48:], y[48:]), ood_data=10 * x[48:], num_samples=4,
+            from_logits=True),
         keras.callbacks.CSVLogger("log.csv"),   # sees val_bma_ece, ...
     ])
+    print(history.history["val_bma_ece"],
+          history.history["val_mean_ood_auroc"])
     ```
 
     Args:

@@ -59,20 +59,69 @@ def _check(labels, probs):
 
 
 def accuracy(labels, probs):
-    """Fraction of examples whose most probable class is the label."""
+    """Fraction of examples whose most probable class is the label.
+
+    Args:
+        labels: integer labels (n,), or one-hot labels (n, k).
+        probs: probabilities (n, k), rows summing to 1.
+
+    Returns:
+        A float in [0, 1].
+
+    Example:
+
+    >>> import numpy as np
+    >>> from keras_bayes.metrics import accuracy
+    >>> probs = np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4], [0.7, 0.3]])
+    >>> accuracy([0, 1, 1, 0], probs)
+    0.75
+    """
     labels, probs = _check(labels, probs)
     return float(np.mean(np.argmax(probs, axis=1) == labels))
 
 
 def negative_log_likelihood(labels, probs, eps=1e-12):
-    """Mean −log p(label); probabilities are floored at `eps`."""
+    """Mean −log p(label) in nats; probabilities are floored at `eps`.
+
+    Args:
+        labels: integer labels (n,), or one-hot labels (n, k).
+        probs: probabilities (n, k), rows summing to 1.
+        eps: float, the floor that keeps a zero probability finite.
+
+    Returns:
+        A float >= 0.
+
+    Example:
+
+    >>> import numpy as np
+    >>> from keras_bayes.metrics import negative_log_likelihood
+    >>> probs = np.array([[0.5, 0.5], [0.25, 0.75]])
+    >>> round(negative_log_likelihood([0, 1], probs), 4)  # -(ln .5 + ln .75)/2
+    0.4904
+    """
     labels, probs = _check(labels, probs)
     picked = probs[np.arange(labels.shape[0]), labels]
     return float(-np.mean(np.log(np.maximum(picked, eps))))
 
 
 def brier_score(labels, probs):
-    """Mean over examples of Σ_k (p_k − 1[k = label])² (range [0, 2])."""
+    """Mean over examples of Σ_k (p_k − 1[k = label])² (range [0, 2]).
+
+    Args:
+        labels: integer labels (n,), or one-hot labels (n, k).
+        probs: probabilities (n, k), rows summing to 1.
+
+    Returns:
+        A float in [0, 2]; 0 for confident correct predictions.
+
+    Example:
+
+    >>> import numpy as np
+    >>> from keras_bayes.metrics import brier_score
+    >>> probs = np.array([[1.0, 0.0], [0.5, 0.5]])
+    >>> brier_score([0, 1], probs)  # (0 + 0.25 + 0.25) / 2
+    0.25
+    """
     labels, probs = _check(labels, probs)
     onehot = np.eye(probs.shape[1])[labels]
     return float(np.mean(np.sum((probs - onehot) ** 2, axis=1)))
@@ -118,6 +167,17 @@ def calibration_bins(labels, probs, num_bins=15, binning="width"):
         (acc_b, mean correctness in the bin; 0 if empty) and `confidence`
         (conf_b, mean confidence in the bin; 0 if empty), and `edges` of
         length B + 1 (nominal b / B for "width"; data quantiles for "mass").
+
+    Example:
+
+    >>> import numpy as np
+    >>> from keras_bayes.metrics import calibration_bins
+    >>> probs = np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4], [0.7, 0.3]])
+    >>> bins = calibration_bins([0, 1, 1, 0], probs, num_bins=5)
+    >>> bins["counts"], bins["accuracy"]
+    (array([0., 0., 1., 2., 1.]), array([0., 0., 0., 1., 1.]))
+    >>> bins["confidence"]
+    array([0.  , 0.  , 0.6 , 0.75, 0.9 ])
     """
     num_bins = check_positive_integer("num_bins", num_bins)
     check_choice("binning", binning, BINNINGS)
@@ -148,6 +208,24 @@ def expected_calibration_error(labels, probs, num_bins=15, binning="width"):
 
     `binning` is "width" (equal-width, the usual ECE) or "mass" (equal-mass,
     sometimes called adaptive ECE); see `calibration_bins`.
+
+    Args:
+        labels: integer labels (n,), or one-hot labels (n, k).
+        probs: probabilities (n, k), rows summing to 1.
+        num_bins: integer B >= 1.
+        binning: "width" (default) or "mass".
+
+    Returns:
+        A float in [0, 1].
+
+    Example: three non-empty bins, (1/4)·|0 − 0.6| (the wrong prediction)
+    + (2/4)·|1 − 0.75| + (1/4)·|1 − 0.9| = 0.3:
+
+    >>> import numpy as np
+    >>> from keras_bayes.metrics import expected_calibration_error
+    >>> probs = np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4], [0.7, 0.3]])
+    >>> round(expected_calibration_error([0, 1, 1, 0], probs, num_bins=5), 4)
+    0.3
     """
     bins = calibration_bins(labels, probs, num_bins, binning)
     gaps = np.abs(bins["accuracy"] - bins["confidence"])
@@ -155,7 +233,25 @@ def expected_calibration_error(labels, probs, num_bins=15, binning="width"):
 
 
 def maximum_calibration_error(labels, probs, num_bins=15, binning="width"):
-    """MCE = max over non-empty bins b of |acc_b − conf_b| (in [0, 1])."""
+    """MCE = max over non-empty bins b of |acc_b − conf_b| (in [0, 1]).
+
+    Args:
+        labels: integer labels (n,), or one-hot labels (n, k).
+        probs: probabilities (n, k), rows summing to 1.
+        num_bins: integer B >= 1.
+        binning: "width" (default) or "mass", see `calibration_bins`.
+
+    Returns:
+        A float in [0, 1].
+
+    Example:
+
+    >>> import numpy as np
+    >>> from keras_bayes.metrics import maximum_calibration_error
+    >>> probs = np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4], [0.7, 0.3]])
+    >>> round(maximum_calibration_error([0, 1, 1, 0], probs, num_bins=5), 4)
+    0.6
+    """
     bins = calibration_bins(labels, probs, num_bins, binning)
     filled = bins["counts"] > 0
     gaps = np.abs(bins["accuracy"] - bins["confidence"])
@@ -163,7 +259,27 @@ def maximum_calibration_error(labels, probs, num_bins=15, binning="width"):
 
 
 def classification_report(labels, probs, num_bins=15):
-    """A dict with accuracy, nll, ece (equal-width) and brier."""
+    """A dict with accuracy, nll, ece (equal-width) and brier.
+
+    Args:
+        labels: integer labels (n,), or one-hot labels (n, k).
+        probs: probabilities (n, k), rows summing to 1.
+        num_bins: equal-width bins of the ECE.
+
+    Returns:
+        `{"accuracy", "nll", "ece", "brier"}`, floats (see `accuracy`,
+        `negative_log_likelihood`, `expected_calibration_error`,
+        `brier_score`).
+
+    Example:
+
+    >>> import numpy as np
+    >>> from keras_bayes.metrics import classification_report
+    >>> probs = np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4], [0.7, 0.3]])
+    >>> report = classification_report([0, 1, 1, 0], probs, num_bins=5)
+    >>> {key: round(value, 4) for key, value in report.items()}
+    {'accuracy': 0.75, 'nll': 0.4004, 'ece': 0.3, 'brier': 0.25}
+    """
     return {
         "accuracy": accuracy(labels, probs),
         "nll": negative_log_likelihood(labels, probs),

@@ -69,6 +69,20 @@ def auroc(targets, scores):
     is the probability that a random positive scores above a random
     negative, ties counting 1/2, and equals the trapezoidal area under the
     ROC curve (scikit-learn's `roc_auc_score`).
+
+    Args:
+        targets: 0/1 or booleans (n,), 1 = positive; both classes present.
+        scores: finite reals (n,), larger = more likely positive.
+
+    Returns:
+        A float in [0, 1]; 0.5 for an uninformative score.
+
+    Example: of the 2 × 2 (positive, negative) pairs, only (0.35, 0.4) is
+    ordered wrongly:
+
+    >>> from keras_bayes.metrics import auroc
+    >>> auroc([0, 0, 1, 1], [0.1, 0.4, 0.35, 0.8])
+    0.75
     """
     targets, scores = _check_targets_scores(targets, scores)
     ranks = average_ranks(scores)
@@ -87,6 +101,20 @@ def average_precision(targets, scores):
     R_t = TP_t / P are the precision and recall when predicting positive
     for score >= t, and R_0 = 0. This is scikit-learn's
     `average_precision_score` (no interpolation; ties grouped).
+
+    Args:
+        targets: 0/1 or booleans (n,), 1 = positive; both classes present.
+        scores: finite reals (n,), larger = more likely positive.
+
+    Returns:
+        A float in (0, 1].
+
+    Example: recall 1/2 at precision 1 (threshold 0.8), then 1 at
+    precision 2/3 (threshold 0.35):
+
+    >>> from keras_bayes.metrics import average_precision
+    >>> round(average_precision([0, 0, 1, 1], [0.1, 0.4, 0.35, 0.8]), 4)
+    0.8333
     """
     targets, scores = _check_targets_scores(targets, scores)
     true_pos, false_pos = _counts_above_thresholds(targets, scores)
@@ -107,7 +135,21 @@ def fpr_at_tpr(targets, scores, tpr=0.95):
     thresholds; TPR_t is compared with `tpr` exactly (19/20 >= 0.95 holds).
 
     Args:
+        targets: 0/1 or booleans (n,), 1 = positive; both classes present.
+        scores: finite reals (n,), larger = more likely positive.
         tpr: the TPR level, a real number in (0, 1]; 0.95 gives FPR@95%TPR.
+
+    Returns:
+        A float in [0, 1].
+
+    Example: catching both positives needs the threshold 0.35, which
+    also accepts the negative scored 0.4:
+
+    >>> from keras_bayes.metrics import fpr_at_tpr
+    >>> fpr_at_tpr([0, 0, 1, 1], [0.1, 0.4, 0.35, 0.8], tpr=0.95)
+    0.5
+    >>> fpr_at_tpr([0, 0, 1, 1], [0.1, 0.4, 0.35, 0.8], tpr=0.5)
+    0.0
     """
     if isinstance(tpr, bool) or not isinstance(tpr, numbers.Real) or not (
         0.0 < tpr <= 1.0

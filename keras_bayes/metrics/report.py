@@ -32,13 +32,28 @@ def evaluate_probabilities(labels, probs, probs_ood=None, num_bins=15,
     shape (n, k) with k the number of classes of `probs` and exactly one 1
     per row (then their argmax); other (n, k) labels raise `ValueError`.
 
+    Args:
+        labels: integer labels (n,) or (n, 1), or one-hot (n, k).
+        probs: probabilities (n, k), e.g. `model.predict(x_test)` of a model
+            ending in a softmax.
+        probs_ood: optional probabilities on out-of-distribution inputs.
+        num_bins: equal-width bins of ECE and MCE.
+        ood_score: "entropy" (default), "max_prob" or
+            "mutual_information" (see `ood_detection`).
+
+    Returns:
+        A dict of floats, keys as listed above.
+
     Example:
 
-    ```python
-    probs = model.predict(x_test)                   # ends in a softmax
-    report = evaluate_probabilities(y_test, probs)  # or one-hot y_test
-    report["ece"], report["nll"]
-    ```
+    >>> import numpy as np
+    >>> from keras_bayes.metrics import evaluate_probabilities
+    >>> probs = np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4], [0.7, 0.3]])
+    >>> probs_ood = np.array([[0.5, 0.5], [0.55, 0.45]])
+    >>> report = evaluate_probabilities([0, 1, 1, 0], probs,
+    ...                                 probs_ood=probs_ood, num_bins=5)
+    >>> round(report["ece"], 4), report["ood_auroc"]
+    (0.3, 1.0)
     """
     block = _block(labels, probs, num_bins)
     if probs_ood is not None:
@@ -72,6 +87,27 @@ def evaluate_uncertainty(predictive, x, y, x_ood=None, num_bins=15,
         accuracy, nll, ece, mce, brier, misclassification_auroc (max-prob
         confidence, correct = positive) and, with `x_ood`, ood_auroc,
         ood_aupr_in, ood_aupr_out and ood_fpr_at_95_tpr.
+
+    Example:
+
+    ```python
+    import keras
+    import numpy as np
+    import keras_bayes
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(64, 4)).astype("float32")
+    y = (x[:, 0] > 0).astype("int64")
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
+    model.compile(keras_bayes.optimizers.SOBA(ess=len(x)),
+                  keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.fit(x, y, epochs=2, verbose=0)
+    predictive = keras_bayes.Predictive(model, num_samples=4,
+                                        from_logits=True, seed=0)
+    report = keras_bayes.metrics.evaluate_uncertainty(
+        predictive, x, y, x_ood=10 * x)
+    print(report["mean"]["ece"], report["bma"]["ood_auroc"])
+    ```
     """
     result = {}
     if at_mean:

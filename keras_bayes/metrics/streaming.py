@@ -117,6 +117,18 @@ class ExpectedCalibrationError(keras.metrics.Metric):
         from_logits: whether `y_pred` holds logits (a softmax is applied) or
             probabilities (used as given).
         name, dtype: as for any Keras metric.
+
+    Example: the NumPy `expected_calibration_error` of the same data, one
+    batch at a time (in training: `model.compile(..., metrics=[
+    ExpectedCalibrationError(from_logits=True)])`, logged as `ece`):
+
+    >>> import numpy as np
+    >>> from keras_bayes.metrics import ExpectedCalibrationError
+    >>> ece = ExpectedCalibrationError(num_bins=5)
+    >>> ece.update_state([0, 1], np.array([[0.9, 0.1], [0.2, 0.8]]))
+    >>> ece.update_state([1, 0], np.array([[0.6, 0.4], [0.7, 0.3]]))
+    >>> round(float(ece.result()), 4)
+    0.3
     """
 
     def __init__(self, num_bins=15, from_logits=False, name="ece",
@@ -184,6 +196,16 @@ class BrierScore(keras.metrics.Metric):
     Args:
         from_logits: whether `y_pred` holds logits or probabilities.
         name, dtype: as for any Keras metric.
+
+    Example (in training: `model.compile(..., metrics=[BrierScore()])`,
+    logged as `brier`):
+
+    >>> import numpy as np
+    >>> from keras_bayes.metrics import BrierScore
+    >>> brier = BrierScore()
+    >>> brier.update_state([0, 1], np.array([[1.0, 0.0], [0.5, 0.5]]))
+    >>> round(float(brier.result()), 4)  # (0 + 0.25 + 0.25) / 2
+    0.25
     """
 
     def __init__(self, from_logits=False, name="brier", dtype=None):

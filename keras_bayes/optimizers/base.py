@@ -106,6 +106,29 @@ class PosteriorOptimizer(keras.optimizers.Optimizer):
     `draw_posterior_sample(seed)`, and the context managers `mean_weights()`
     and `sampled_weights(seed)`.
 
+    Example: the public weight API on a trained SOBA (any subclass has it).
+
+    ```python
+    import keras
+    import numpy as np
+    import keras_bayes
+
+    x = np.random.default_rng(0).normal(size=(64, 8)).astype("float32")
+    y = (x[:, 0] > 0).astype("int64")
+    model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(2)])
+    model.compile(keras_bayes.optimizers.SOBA(ess=len(x)),
+                  keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.fit(x, y, epochs=2, verbose=0)
+    optimizer = model.optimizer
+    assert isinstance(optimizer, keras_bayes.optimizers.PosteriorOptimizer)
+    means, stds = optimizer.posterior_mean(), optimizer.posterior_std()
+    with optimizer.sampled_weights(seed=0):   # one posterior sample
+        logits_at_sample = model.predict(x, verbose=0)
+    with optimizer.mean_weights():            # the mean (after fit: already)
+        logits_at_mean = model.predict(x, verbose=0)
+    optimizer.posterior().save("posterior.npz")
+    ```
+
     Args:
         learning_rate: float, `LearningRateSchedule` or callable.
         weight_decay: float >= 0. The prior precision δ per example; it acts

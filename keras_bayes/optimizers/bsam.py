@@ -135,14 +135,23 @@ class BSAM(TwoPassOptimizer, base.PosteriorOptimizer):
     Example (bSAM needs two gradients per step, so the model is wrapped):
 
     ```python
-    model = keras_bayes.TwoPassModel(model)
+    import keras
+    import numpy as np
+    import keras_bayes
+
+    x = np.random.default_rng(0).normal(size=(64, 8)).astype("float32")
+    y = (x[:, 0] > 0).astype("int64")
+
+    model = keras_bayes.TwoPassModel(
+        keras.Sequential([keras.Input((8,)), keras.layers.Dense(2)]))
     model.compile(
         optimizer=keras_bayes.optimizers.BSAM(
-            learning_rate=0.1, ess=len(x_train), rho=0.01),
+            learning_rate=0.1, ess=len(x), rho=0.01),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         metrics=["accuracy"])
-    model.fit(x_train, y_train, epochs=10)
-    probs = keras_bayes.Predictive(model, num_samples=32).predict(x_test)
+    model.fit(x, y, epochs=2, verbose=0)
+    probs = keras_bayes.Predictive(model, num_samples=8,
+                                   from_logits=True).predict(x)
     ```
 
     Reference:

@@ -293,13 +293,22 @@ class LieAdditive(_LieGroupOptimizer):
     Example (the README's recipe, scaled to a small model):
 
     ```python
+    import keras
+    import numpy as np
+    import keras_bayes
+
+    x = np.random.default_rng(0).normal(size=(64, 8)).astype("float32")
+    y = (x[:, 0] > 0).astype("int64")
+
+    model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(2)])
     model.compile(
         optimizer=keras_bayes.optimizers.LieAdditive(
             learning_rate=0.1, noise="gaussian", noise_scale=0.005),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         metrics=["accuracy"])
-    model.fit(x_train, y_train, epochs=10)   # ends with w in the model
-    probs = keras_bayes.Predictive(model, num_samples=32).predict(x_test)
+    model.fit(x, y, epochs=2, verbose=0)   # ends with w in the model
+    probs = keras_bayes.Predictive(model, num_samples=8,
+                                   from_logits=True).predict(x)
     ```
     """
 
@@ -408,13 +417,21 @@ class LieAffine(_LieGroupOptimizer):
     Example (the paper's recipe, scaled to a small model):
 
     ```python
+    import keras
+    import numpy as np
+    import keras_bayes
+
+    x = np.random.default_rng(0).normal(size=(64, 8)).astype("float32")
+    y = (x[:, 0] > 0).astype("int64")
+
+    model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(2)])
     model.compile(
         optimizer=keras_bayes.optimizers.LieAffine(
-            learning_rate=1.0, ess=len(x_train), scale_lr_ratio=0.05),
+            learning_rate=1.0, ess=len(x), scale_lr_ratio=0.05),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         metrics=["accuracy"])
-    model.fit(x_train, y_train, epochs=10)
-    model.optimizer.posterior_std()   # |A|·c·(std of the noise) per weight
+    model.fit(x, y, epochs=2, verbose=0)
+    std = model.optimizer.posterior_std()  # |A|·c·(std of noise) per weight
     ```
     """
 
@@ -566,11 +583,19 @@ class LieMultiplicative(_LieGroupOptimizer):
     Example:
 
     ```python
+    import keras
+    import numpy as np
+    import keras_bayes
+
+    x = np.random.default_rng(0).normal(size=(64, 8)).astype("float32")
+    y = (x[:, 0] > 0).astype("int64")
+
+    model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(2)])
     model.compile(
         optimizer=keras_bayes.optimizers.LieMultiplicative(
-            learning_rate=1.0, ess=len(x_train), temperature=0.001),
+            learning_rate=1.0, ess=len(x), temperature=0.001),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    model.fit(x_train, y_train, epochs=10)
+    model.fit(x, y, epochs=2, verbose=0)
     ```
     """
 
@@ -734,7 +759,23 @@ def lie_group_blr(learning_rate, group="affine", **kwargs):
     (`group="additive"`), `LieAffine` (`"affine"`, the default) or
     `LieMultiplicative` (`"multiplicative"`), built with the other
     arguments, which are those of that class. The instance is what is saved
-    and restored.
+    and restored. `LieGroupBLR` is the same function.
+
+    Args:
+        learning_rate: the learning rate of the class chosen.
+        group: `"additive"`, `"affine"` (default) or `"multiplicative"`.
+        **kwargs: the other arguments of that class.
+
+    Returns:
+        A `LieAdditive`, `LieAffine` or `LieMultiplicative` instance.
+
+    Example:
+
+    >>> from keras_bayes.optimizers import lie_group_blr
+    >>> optimizer = lie_group_blr(1.0, group="multiplicative", ess=1000,
+    ...                           temperature=0.001)
+    >>> type(optimizer).__name__
+    'LieMultiplicative'
     """
     check_choice("group", group, GROUPS)
     return GROUPS[group](learning_rate, **kwargs)

@@ -85,6 +85,34 @@ class TwoPassOptimizer(MultiPassOptimizer):
     while it runs its training step: used through plain
     `model.compile(optimizer=...)`, the optimizer would otherwise silently do
     something that is not SAM.
+
+    Example: a toy second-pass rule, trained by `TwoPassModel`:
+
+    ```python
+    import keras
+    import numpy as np
+    from keras import ops
+    from keras_bayes.optimizers import TwoPassOptimizer
+    from keras_bayes.training import TwoPassModel
+
+    class Extragradient(TwoPassOptimizer, keras.optimizers.SGD):
+        # SGD on the gradient at the look-ahead point w − a·∇ℓ(w).
+
+        def __init__(self, learning_rate, lookahead=0.1, **kwargs):
+            super().__init__(learning_rate=learning_rate, **kwargs)
+            self.lookahead = lookahead
+
+        def second_pass_point(self, gradients, trainable_variables):
+            return [ops.convert_to_tensor(v) - self.lookahead * g
+                    for g, v in zip(gradients, trainable_variables)]
+
+    x = np.random.default_rng(0).normal(size=(32, 3)).astype("float32")
+    y = x @ np.array([[1.0], [-2.0], [0.5]], "float32")
+    model = TwoPassModel(keras.Sequential([keras.Input((3,)),
+                                           keras.layers.Dense(1)]))
+    model.compile(optimizer=Extragradient(0.1), loss="mse")
+    model.fit(x, y, epochs=2, verbose=0)
+    ```
     """
 
     @staticmethod
@@ -200,10 +228,19 @@ class SAM(TwoPassOptimizer, keras.optimizers.Optimizer):
     Example:
 
     ```python
-    model = keras_bayes.training.TwoPassModel(keras_model)
+    import keras
+    import numpy as np
+    import keras_bayes
+
+    x = np.random.default_rng(0).normal(size=(64, 8)).astype("float32")
+    y = (x[:, 0] > 0).astype("int64")
+
+    model = keras_bayes.training.TwoPassModel(
+        keras.Sequential([keras.Input((8,)), keras.layers.Dense(2)]))
     model.compile(optimizer=keras_bayes.optimizers.SAM(
         1e-3, rho=0.05, base="adam", batch_split=8, weight_decay=2e-4),
-        loss="sparse_categorical_crossentropy")
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.fit(x, y, batch_size=32, epochs=1, verbose=0)  # m = 32 / 8 = 4
     ```
 
     References:

@@ -123,10 +123,11 @@ class VOGN(PerExampleOptimizer, base.PosteriorOptimizer):
     >>> x = (x / 16.0).astype("float32")
     >>> model = VOGNModel(
     ...     keras.Sequential([keras.Input((64,)), keras.layers.Dense(10)]))
+    >>> x, y = x[:256], y[:256]  # a small part, to run fast
     >>> model.compile(
     ...     optimizer=VOGN(0.05, ess=len(x), beta2=0.99),
     ...     loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    >>> history = model.fit(x, y, epochs=2, verbose=0)
+    >>> history = model.fit(x, y, epochs=2, batch_size=64, verbose=0)
     >>> std = model.optimizer.posterior_std()  # one array per variable
 
     Args:

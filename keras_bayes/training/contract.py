@@ -97,6 +97,16 @@ class StepPlan:
             sample (SOBA's `mc_samples`).
         second_pass: each first pass is followed by a second one at
             `second_pass_point` (SAM, bSAM).
+
+    Example:
+
+    >>> from keras_bayes.training import StepPlan
+    >>> StepPlan(sub_batches=8, second_pass=True)   # bSAM, batch_split=8
+    StepPlan(sub_batches=8, samples=1, second_pass=True)
+    >>> StepPlan(samples=1).is_multi_pass   # Keras' own step does
+    False
+    >>> StepPlan(samples=2).is_multi_pass   # SOBA(mc_samples=2)
+    True
     """
 
     sub_batches: int = 1
@@ -121,6 +131,46 @@ class PassRecord:
             pass.
         second_grads: the gradients at `second_point` (scaled loss), or
             None.
+
+    Example: a `combine_passes` that applies the mean of the gradients at
+    w and at the look-ahead point, instead of the default (the second one
+    alone):
+
+    ```python
+    import keras
+    import numpy as np
+    from keras import ops
+    from keras_bayes.training import MultiPassOptimizer, StepPlan
+    from keras_bayes.training import TwoPassModel
+
+    class Extragradient(MultiPassOptimizer, keras.optimizers.SGD):
+        # SGD on the gradient at the look-ahead point w − a·∇ℓ(w).
+
+        def __init__(self, learning_rate, lookahead=0.1, **kwargs):
+            super().__init__(learning_rate=learning_rate, **kwargs)
+            self.lookahead = lookahead
+
+        def step_plan(self):
+            return StepPlan(second_pass=True)   # pass 2 at the point below
+
+        def second_pass_point(self, gradients, trainable_variables):
+            return [ops.convert_to_tensor(v) - self.lookahead * g
+                    for g, v in zip(gradients, trainable_variables)]
+
+        def combine_passes(self, records, context):
+            # One PassRecord per (sub-batch, sample): here one.
+            (record,) = records
+            assert record.point is None       # pass 1 ran at the variables
+            return [(g1 + g2) / 2 for g1, g2 in
+                    zip(record.grads, record.second_grads)]
+
+    x = np.random.default_rng(0).normal(size=(32, 3)).astype("float32")
+    y = x @ np.array([[1.0], [-2.0], [0.5]], "float32")
+    model = TwoPassModel(keras.Sequential([keras.Input((3,)),
+                                           keras.layers.Dense(1)]))
+    model.compile(optimizer=Extragradient(0.1), loss="mse")
+    model.fit(x, y, epochs=2, verbose=0)
+    ```
     """
 
     point: Optional[list]
@@ -139,6 +189,47 @@ class StepContext:
         unscale: a function mapping a gradient list of the scaled loss to
             one of the loss itself (`loss_scale_factor`, a
             `LossScaleOptimizer`'s scale); the identity without scaling.
+
+    Example: a `combine_passes` that clips the gradient to norm 1. The
+    norm is that of the loss itself (`unscale`), so the rule does not
+    change under loss scaling (`mixed_float16`):
+
+    ```python
+    import keras
+    import numpy as np
+    from keras import ops
+    from keras_bayes.training import MultiPassOptimizer, StepPlan
+    from keras_bayes.training import TwoPassModel
+
+    class Extragradient(MultiPassOptimizer, keras.optimizers.SGD):
+        # SGD on the gradient at the look-ahead point w − a·∇ℓ(w).
+
+        def __init__(self, learning_rate, lookahead=0.1, **kwargs):
+            super().__init__(learning_rate=learning_rate, **kwargs)
+            self.lookahead = lookahead
+
+        def step_plan(self):
+            return StepPlan(second_pass=True)   # pass 2 at the point below
+
+        def second_pass_point(self, gradients, trainable_variables):
+            return [ops.convert_to_tensor(v) - self.lookahead * g
+                    for g, v in zip(gradients, trainable_variables)]
+
+        def combine_passes(self, records, context):
+            scaled = records[0].second_grads   # one per context.variables
+            assert len(scaled) == len(context.variables)
+            norm = ops.sqrt(sum(ops.sum(ops.square(g))
+                                for g in context.unscale(scaled)))
+            factor = ops.minimum(1.0, 1.0 / (norm + 1e-12))
+            return [g * factor for g in scaled]
+
+    x = np.random.default_rng(0).normal(size=(32, 3)).astype("float32")
+    y = x @ np.array([[1.0], [-2.0], [0.5]], "float32")
+    model = TwoPassModel(keras.Sequential([keras.Input((3,)),
+                                           keras.layers.Dense(1)]))
+    model.compile(optimizer=Extragradient(0.1), loss="mse")
+    model.fit(x, y, epochs=2, verbose=0)
+    ```
     """
 
     variables: List
@@ -173,6 +264,39 @@ class MultiPassOptimizer(_StepFlag):
     the module docstring for the order in which the step calls them).
     `apply` raises a `ValueError` outside `two_pass_step()` whenever the
     plan needs more than one pass.
+
+    Example: a new two-pass method, trained by `TwoPassModel` on every
+    backend without a new training step:
+
+    ```python
+    import keras
+    import numpy as np
+    from keras import ops
+    from keras_bayes.training import MultiPassOptimizer, StepPlan
+    from keras_bayes.training import TwoPassModel
+
+    class Extragradient(MultiPassOptimizer, keras.optimizers.SGD):
+        # SGD on the gradient at the look-ahead point w − a·∇ℓ(w).
+
+        def __init__(self, learning_rate, lookahead=0.1, **kwargs):
+            super().__init__(learning_rate=learning_rate, **kwargs)
+            self.lookahead = lookahead
+
+        def step_plan(self):
+            return StepPlan(second_pass=True)   # pass 2 at the point below
+
+        def second_pass_point(self, gradients, trainable_variables):
+            return [ops.convert_to_tensor(v) - self.lookahead * g
+                    for g, v in zip(gradients, trainable_variables)]
+
+    x = np.random.default_rng(0).normal(size=(32, 3)).astype("float32")
+    y = x @ np.array([[1.0], [-2.0], [0.5]], "float32")
+    model = TwoPassModel(keras.Sequential([keras.Input((3,)),
+                                           keras.layers.Dense(1)]))
+    model.compile(optimizer=Extragradient(0.1), loss="mse")
+    history = model.fit(x, y, epochs=3, verbose=0)
+    assert history.history["loss"][-1] < history.history["loss"][0]
+    ```
     """
 
     def step_plan(self):
@@ -245,6 +369,35 @@ class PerExampleOptimizer(_StepFlag):
     Put it before the Keras optimizer class in the bases. A subclass
     implements `set_squared_gradients` and `mark_deterministic`; `apply`
     raises a `ValueError` outside `per_example_step()`.
+
+    Example: VOGN is one; `VOGNModel` computes what it needs, a plain
+    model refuses it.
+
+    ```python
+    import keras
+    import numpy as np
+    import keras_bayes
+    from keras_bayes.training import PerExampleOptimizer, VOGNModel
+
+    x = np.random.default_rng(0).normal(size=(32, 4)).astype("float32")
+    y = (x[:, 0] > 0).astype("int64")
+    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+
+    def dense():
+        return keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
+
+    optimizer = keras_bayes.optimizers.VOGN(0.05, ess=len(x))
+    assert isinstance(optimizer, PerExampleOptimizer)
+    plain = dense()
+    plain.compile(optimizer, loss)
+    try:
+        plain.fit(x, y, verbose=0)
+    except ValueError as error:
+        print(error)   # "... Wrap the model: ... VOGNModel(model) ..."
+    model = VOGNModel(dense())
+    model.compile(keras_bayes.optimizers.VOGN(0.05, ess=len(x)), loss)
+    model.fit(x, y, epochs=1, verbose=0)
+    ```
     """
 
     def set_squared_gradients(self, squared_gradients, trainable_variables):

@@ -133,6 +133,26 @@ def per_example_squared_gradients(model, x, y, loss, trainable_values=None,
         ValueError: the model contains BatchNormalization that
             `batch_norm` rejects (or with `renorm=True`), or the backend
             cannot vectorize its forward pass over single examples.
+
+    Example: the mean of the squares is at least the square of the mean
+    (their difference is the gradients' variance over the examples):
+
+    ```python
+    import keras
+    import numpy as np
+    from keras import ops
+    from keras_bayes.training import per_example_squared_gradients
+
+    x = np.random.default_rng(0).normal(size=(16, 3)).astype("float32")
+    y = np.random.default_rng(1).normal(size=(16, 1)).astype("float32")
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)])
+    loss, gradients, squared = per_example_squared_gradients(
+        model, x, y, keras.losses.MeanSquaredError())
+    for mean, mean_square in zip(gradients, squared):
+        mean, mean_square = ops.convert_to_numpy(mean), ops.convert_to_numpy(
+            mean_square)
+        assert np.all(mean_square >= mean ** 2 - 1e-6)
+    ```
     """
     check_choice("batch_norm", batch_norm, BATCH_NORM_CHOICES)
     layers = bn.batch_coupled_layers(model)
@@ -182,6 +202,24 @@ class VOGNModel(WrapperModel):
         batch_norm: `"deterministic"` (the default) or `"error"` (raise on
             a trainable BatchNormalization layer, as before this option).
         **kwargs: passed to `keras.Model` (e.g. `name`).
+
+    Example:
+
+    ```python
+    import keras
+    import numpy as np
+    import keras_bayes
+
+    x = np.random.default_rng(0).normal(size=(64, 8)).astype("float32")
+    y = (x[:, 0] > 0).astype("int64")
+    inner = keras.Sequential([keras.Input((8,)), keras.layers.Dense(2)])
+    model = keras_bayes.training.VOGNModel(inner)
+    model.compile(optimizer=keras_bayes.optimizers.VOGN(0.05, ess=len(x)),
+                  loss=keras.losses.SparseCategoricalCrossentropy(
+                      from_logits=True))
+    model.fit(x, y, epochs=1, batch_size=16, verbose=0)
+    std = model.optimizer.posterior_std()   # one array per variable
+    ```
     """
 
     wrapper_arguments = ("batch_norm",)

@@ -46,11 +46,22 @@ class _PrepareTraining(keras.callbacks.Callback):
 class TwoPassModel(WrapperModel):
     """A model whose training step takes several gradients on each batch.
 
-    ```
-    model = keras_bayes.training.TwoPassModel(model)
+    Example:
+
+    ```python
+    import keras
+    import numpy as np
+    import keras_bayes
+
+    x = np.random.default_rng(0).normal(size=(64, 8)).astype("float32")
+    y = (x[:, 0] > 0).astype("int64")
+    inner = keras.Sequential([keras.Input((8,)), keras.layers.Dense(2)])
+    model = keras_bayes.training.TwoPassModel(inner)
     model.compile(optimizer=keras_bayes.optimizers.BSAM(0.1, ess=len(x)),
-                  loss=..., metrics=...)
-    model.fit(x, y)
+                  loss=keras.losses.SparseCategoricalCrossentropy(
+                      from_logits=True),
+                  metrics=["accuracy"])
+    model.fit(x, y, epochs=2, verbose=0)
     model.inner.save("deploy.keras")   # or save the wrapper itself
     ```
 

@@ -11,6 +11,31 @@ class WrapperModel(keras.Model):
     saves the wrapped model, the optimizer and its state. A subclass lists
     its own constructor arguments in `wrapper_arguments` (stored as
     attributes of the same names) and overrides `train_step`.
+
+    Example: a wrapper with one argument of its own, saved and loaded with
+    the wrapped model (this one keeps Keras' `train_step`):
+
+    ```python
+    import keras
+    import numpy as np
+    from keras_bayes.training import WrapperModel
+
+    @keras.saving.register_keras_serializable(package="example")
+    class Tagged(WrapperModel):
+        wrapper_arguments = ("tag",)
+
+        def __init__(self, inner, tag="", **kwargs):
+            super().__init__(inner, **kwargs)
+            self.tag = tag
+
+    x = np.zeros((8, 3), "float32")
+    model = Tagged(keras.Sequential([keras.Input((3,)),
+                                     keras.layers.Dense(1)]), tag="run 1")
+    model.compile("sgd", "mse")
+    model.fit(x, x[:, :1], epochs=1, verbose=0)
+    model.save("tagged.keras")
+    assert keras.models.load_model("tagged.keras").tag == "run 1"
+    ```
     """
 
     wrapper_arguments = ()
