@@ -26,6 +26,16 @@ lanes=${TEST_LANES:-2}
 logs=$(mktemp -d)
 trap 'rm -rf "$logs"' EXIT
 
+# One compute thread per test process: the two lanes share the two cores,
+# and a tiny test model gains nothing from a second thread while the thread
+# pools of two processes spinning against each other cost a lot (measured:
+# the ivon-opt reference run, 34.7 s of CPU with torch's default 2 threads,
+# 3.5 s with 1). Set before Python starts, so subprocesses (tutorials,
+# harness runs, workers) inherit it. Override by exporting them yourself.
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
+export MKL_NUM_THREADS=${MKL_NUM_THREADS:-1}
+export XLA_FLAGS="${XLA_FLAGS:-} --xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+
 run_backend() {  # BACKEND ONLY_ONCE(0|1) [pytest args...]
   local backend=$1 first=$2
   shift 2

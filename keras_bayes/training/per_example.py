@@ -157,7 +157,7 @@ def per_example_squared_gradients(model, x, y, loss, trainable_values=None,
     check_choice("batch_norm", batch_norm, BATCH_NORM_CHOICES)
     layers = bn.batch_coupled_layers(model)
     bn.check_batch_norm(layers, batch_norm)
-    loss = keras.losses.get(loss) if isinstance(loss, str) else loss
+    loss = shared.scalar_loss(loss)
     trainable = (
         [ops.convert_to_tensor(v) for v in model.trainable_variables]
         if trainable_values is None else list(trainable_values))

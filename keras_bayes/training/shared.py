@@ -183,6 +183,24 @@ def squared_gradients_at(per_example_gradients, model, loss, trainable,
     return ops.mean(losses), gradients, squared
 
 
+def scalar_loss(loss):
+    """`loss` as a callable `(y_true, y_pred) -> scalar`.
+
+    A name resolves (`keras.losses.get`) to Keras' loss *function*, which
+    returns one value per example: averaged here, as `compile` would, so
+    that its gradient is defined (JAX's `grad` needs a scalar). `Loss`
+    objects and other callables already reduce and pass through.
+    """
+    if not isinstance(loss, str):
+        return loss
+    per_example = keras.losses.get(loss)
+
+    def mean_loss(y_true, y_pred):
+        return keras.ops.mean(per_example(y_true, y_pred))
+
+    return mean_loss
+
+
 def compiled_per_example_loss(model):
     """The model's one compiled loss as a `keras.losses.Loss` (or
     callable)."""
@@ -191,7 +209,7 @@ def compiled_per_example_loss(model):
         raise ValueError(
             "VOGNModel supports one compiled loss for a single output. "
             f"Received: loss={loss!r}")
-    loss = keras.losses.get(loss) if isinstance(loss, str) else loss
+    loss = scalar_loss(loss)
     if loss is None:
         raise ValueError("VOGNModel needs `compile(loss=...)`.")
     return loss

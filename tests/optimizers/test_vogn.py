@@ -104,6 +104,23 @@ def test_per_example_curvature_equals_a_loop_over_examples(kind):
     assert float(_numpy(loss)) == pytest.approx(float(batch_loss), rel=1e-5)
 
 
+def test_a_loss_name_gives_what_the_loss_object_gives():
+    # A name resolves to Keras' per-example loss *function*; it must be
+    # averaged like the `Loss` object (JAX refused its non-scalar output).
+    rng = np.random.default_rng(1)
+    model = small_classifier(hidden=5, inputs=7, classes=3)
+    x = rng.normal(size=(6, 7)).astype("float32")
+    y = rng.normal(size=(6, 3)).astype("float32")
+    by_name = per_example_squared_gradients(model, x, y, "mse")
+    by_object = per_example_squared_gradients(
+        model, x, y, keras.losses.MeanSquaredError())
+    assert float(_numpy(by_name[0])) == pytest.approx(
+        float(_numpy(by_object[0])), rel=1e-6)
+    for name_part, object_part in zip(by_name[1:], by_object[1:]):
+        weights_close([_numpy(v) for v in name_part],
+                      [_numpy(v) for v in object_part], atol=1e-7, rtol=1e-5)
+
+
 def _batch_norm_model(kind):
     init = keras.initializers.GlorotUniform(seed=5)
     # γ, β away from 1, 0 so that a wrong normalisation shows.
