@@ -34,7 +34,7 @@ trap 'rm -rf "$logs"' EXIT
 # harness runs, workers) inherit it. Override by exporting them yourself.
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 export MKL_NUM_THREADS=${MKL_NUM_THREADS:-1}
-export XLA_FLAGS="${XLA_FLAGS:-} --xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+export XLA_FLAGS="${XLA_FLAGS:-} --xla_cpu_multi_thread_eigen=false"
 
 run_backend() {  # BACKEND ONLY_ONCE(0|1) [pytest args...]
   local backend=$1 first=$2

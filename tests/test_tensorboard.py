@@ -192,3 +192,36 @@ def test_config_round_trip(tmp_path):
     assert callback.run_dir == os.path.join(str(tmp_path), "posterior")
     again = PosteriorTensorBoard(**callback.get_config())
     assert again.get_config() == callback.get_config()
+
+
+def test_example_writes_beside_keras_tensorboard(tmp_path):
+    """examples/posterior_tensorboard.py, one epoch: Keras' `TensorBoard`
+    (runs train/, validation/) and `PosteriorTensorBoard` (run posterior/)
+    share one log_dir, which is what `tensorboard --logdir` shows."""
+    pytest.importorskip("tensorboard")
+    import importlib.util
+
+    path = os.path.join(os.path.dirname(__file__), os.pardir, "examples",
+                        "posterior_tensorboard.py")
+    spec = importlib.util.spec_from_file_location("posterior_tb_example",
+                                                  path)
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    log_dir = str(tmp_path / "logs")
+    model = example.main(log_dir=log_dir, epochs=1)
+    assert sorted(os.listdir(log_dir)) == ["posterior", "train", "validation"]
+    train_tags = {tag for _, tag in _read_events(os.path.join(log_dir,
+                                                             "train"))}
+    assert "epoch_loss" in train_tags
+    events = _read_events(os.path.join(log_dir, "posterior"))
+    std = unwrap_optimizer(model.optimizer).posterior_std()
+    # SwapMeanWeights and the writer both act at the end of epoch 0; the
+    # posterior itself is what the optimizer holds after the last step.
+    medians = {tag.split("/", 1)[1]: float(value)
+               for (step, tag), (_, value) in events.items()
+               if tag.startswith("posterior_std_median/") and step == 0}
+    assert set(medians) == {"sequential/hidden_1", "sequential/hidden_2",
+                            "sequential/logits"}
+    expected = float(np.median(np.concatenate(
+        [np.ravel(std[-2]), np.ravel(std[-1])])))
+    assert medians["sequential/logits"] == pytest.approx(expected, rel=1e-6)
