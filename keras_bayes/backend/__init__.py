@@ -18,6 +18,9 @@ calls `keras_bayes.backend.<function>` and holds no backend branches.
   variables in one flat pass when `fused_update` is None.
 - `optimizer_state_detached(variables)`: True while the trainer holds the
   variables' values outside them (JAX, after a traced step failed).
+- `standard_normal(shape, dtype, seed)`: the training noise, N(0, 1) from
+  one seed of a `SeedGenerator` (counter-based on JAX, where Threefry was
+  most of a posterior step on a CPU; `keras.random.normal` elsewhere).
 """
 
 import keras

@@ -8,7 +8,8 @@ import numpy as np
 from keras import ops
 
 __all__ = ["agree_across_replicas", "assign_flat", "fuse_updates_by_default",
-           "optimizer_state_detached", "raise_unless", "single_device"]
+           "optimizer_state_detached", "raise_unless", "single_device",
+           "standard_normal"]
 
 
 def single_device():
@@ -43,3 +44,9 @@ def fuse_updates_by_default():
 
 def optimizer_state_detached(variables):
     return False
+
+
+def standard_normal(shape, dtype, seed):
+    """N(0, 1) noise of `shape`, drawn with one seed of `seed` (a
+    `keras.random.SeedGenerator`, which it advances once)."""
+    return keras.random.normal(shape, dtype=dtype, seed=seed)

@@ -7,9 +7,11 @@ from keras_bayes.backend import common
 from keras_bayes.backend.common import assign_flat  # noqa: F401
 from keras_bayes.backend.common import fuse_updates_by_default  # noqa: F401
 from keras_bayes.backend.common import optimizer_state_detached  # noqa: F401
+from keras_bayes.backend.common import standard_normal  # noqa: F401
 
 __all__ = ["agree_across_replicas", "assign_flat", "fuse_updates_by_default",
-           "optimizer_state_detached", "raise_unless", "single_device"]
+           "optimizer_state_detached", "raise_unless", "single_device",
+           "standard_normal"]
 
 
 def single_device():

@@ -389,9 +389,8 @@ class PosteriorOptimizer(keras.optimizers.Optimizer):
             state = self._read_state(index, ops.convert_to_tensor(variable))
             weight_decay, _ = self._prior_terms(index, variable)
             std = self._posterior_std(state, weight_decay)
-            points.append(state["mean"] + std * keras.random.normal(
-                tuple(variable.shape), dtype=variable.dtype,
-                seed=self._seed_generator))
+            points.append(state["mean"] + std * backend.standard_normal(
+                tuple(variable.shape), variable.dtype, self._seed_generator))
         return points
 
     def _state_initializer(self, name, variable):
@@ -460,10 +459,15 @@ class PosteriorOptimizer(keras.optimizers.Optimizer):
         return self.weight_decay
 
     def _training_noise(self, shape, dtype, seed=None):
-        """Unit base noise of the next training sample (Gaussian here)."""
-        return keras.random.normal(
-            shape, dtype=dtype,
-            seed=self._seed_generator if seed is None else seed)
+        """Unit base noise of the next training sample (Gaussian here).
+
+        Drawn with the backend's fast generator (`keras_bayes.backend.
+        standard_normal`): one seed of the optimizer's `SeedGenerator` per
+        call, as `keras.random.normal` would take.
+        """
+        return backend.standard_normal(
+            shape, dtype,
+            self._seed_generator if seed is None else seed)
 
     def _next_state_and_sample(self, gradient, sample, state, learning_rate,
                                weight_decay, center, shape, dtype, finite):
@@ -641,8 +645,18 @@ class PosteriorOptimizer(keras.optimizers.Optimizer):
         return _keras_compat.optimizer_variables_built_for(self)
 
     def _mean_values(self):
-        return [ops.convert_to_numpy(mean)
-                for mean, _ in self._mean_and_std_tensors()]
+        """The posterior mean per variable as NumPy arrays.
+
+        Read straight from the slots (or, before the first update, from the
+        variables): no tensor op per variable, which on JAX would compile
+        one small program per variable shape at the end of every `fit`.
+        """
+        if bool(ops.convert_to_numpy(self._before_first_update())):
+            sources = self._model_variables()
+        else:
+            sources = self._state["mean"]
+        return [np.array(ops.convert_to_numpy(v), copy=True)
+                for v in sources]
 
     def _mean_and_std_tensors(self):
         """(mean, std) backend tensors per variable, std at full shape."""

@@ -5,6 +5,7 @@ import keras
 import numpy as np
 import pytest
 
+from keras_bayes import backend
 from keras_bayes.optimizers import BSAM
 from keras_bayes.optimizers import SOBA
 from keras_bayes.training import TwoPassModel
@@ -25,8 +26,8 @@ def replay_normals(optimizer, shapes, draws):
     generator = keras.random.SeedGenerator(0)
     generator.state.assign(
         keras.ops.convert_to_numpy(optimizer._seed_generator.state.value))
-    return [[keras.ops.convert_to_numpy(keras.random.normal(
-        s, dtype="float32", seed=generator)).astype(np.float64)
+    return [[keras.ops.convert_to_numpy(backend.standard_normal(
+        s, "float32", generator)).astype(np.float64)
         for s in shapes] for _ in range(draws)]
 
 

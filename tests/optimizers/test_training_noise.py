@@ -1,0 +1,130 @@
+"""Statistics of the training noise: the backend's generator
+(`keras_bayes.backend.standard_normal`: counter-based on JAX, Keras' own
+elsewhere) and the noise a posterior optimizer puts into its samples, over
+parameters, variables, steps and seeds."""
+
+import keras
+import numpy as np
+import pytest
+from scipy import stats
+
+from keras_bayes import backend
+from keras_bayes.optimizers import SOBA
+
+N = 200_000
+# |correlation| of two independent samples of N exceeds 5/sqrt(N) with
+# probability 6e-7.
+CORRELATION_BOUND = 5.0 / np.sqrt(N)
+
+on_jax = pytest.mark.skipif(keras.backend.backend() != "jax",
+                            reason="the counter-based generator is JAX's")
+
+
+def _draw(generator, shape=(N,)):
+    return keras.ops.convert_to_numpy(
+        backend.standard_normal(shape, "float32", generator)
+    ).astype(np.float64)
+
+
+def _check_standard_normal(z):
+    z = z.ravel()
+    n = z.size
+    assert np.all(np.isfinite(z))
+    assert abs(z.mean()) < 5.0 / np.sqrt(n)
+    # The sample variance of N(0, 1) has variance 2/n.
+    assert abs(z.var() - 1.0) < 5.0 * np.sqrt(2.0 / n)
+    assert stats.kstest(z, "norm").pvalue > 1e-4
+
+
+def _uncorrelated(a, b):
+    n = min(a.size, b.size)
+    return abs(np.corrcoef(a[:n], b[:n])[0, 1]) < 5.0 / np.sqrt(n)
+
+
+def test_standard_normal_is_standard_normal_and_independent():
+    generator = keras.random.SeedGenerator(7)
+    z = _draw(generator)
+    _check_standard_normal(z)
+    # Tails: at N draws the largest |z| is almost surely above 3.5; the
+    # counter-based draw stops at |z| ≈ 5.4.
+    assert 3.5 < np.abs(z).max() < 6.5
+    # Fourth moment (a CLT-like approximation would miss it): 3 ± 5 sd.
+    assert abs(np.mean(z**4) - 3.0) < 5.0 * np.sqrt(96.0 / N)
+    # Neighbouring parameters (lags 1, 2 and a power of two).
+    for lag in (1, 2, 1024):
+        assert _uncorrelated(z[lag:], z[:-lag])
+        assert _uncorrelated(z[lag:]**2, z[:-lag]**2)
+    # The next draw of the generator (the next variable or step) is fresh,
+    # so is a neighbouring seed; squares catch dependence beyond linear.
+    z_next = _draw(generator)
+    z_seed = _draw(keras.random.SeedGenerator(8))
+    for other in (z_next, z_seed):
+        assert _uncorrelated(z, other)
+        assert _uncorrelated(z**2, other**2)
+    # Same number of parameters, different shapes: the same stream.
+    again = keras.random.SeedGenerator(7)
+    np.testing.assert_array_equal(_draw(again, (400, 500)).ravel(), z)
+
+
+def test_standard_normal_is_reproducible_and_seeds_differ():
+    a = _draw(keras.random.SeedGenerator(3), (1000,))
+    b = _draw(keras.random.SeedGenerator(3), (1000,))
+    c = _draw(keras.random.SeedGenerator(4), (1000,))
+    np.testing.assert_array_equal(a, b)
+    assert np.mean(a == c) < 0.01
+
+
+@on_jax
+def test_counter_bits_are_balanced():
+    import jax.numpy as jnp
+
+    from keras_bayes.backend import jax as jax_backend
+
+    bits = np.asarray(jax_backend.counter_bits(
+        N, jnp.asarray([0, 0], dtype="uint32"))).astype(np.uint64)
+    ones = np.array([((bits >> b) & 1).mean() for b in range(32)])
+    # Each bit is Bernoulli(½): the sd of its mean is 0.5/sqrt(N).
+    assert np.all(np.abs(ones - 0.5) < 5 * 0.5 / np.sqrt(N))
+    # A one-bit change of the key changes about half of the bits.
+    other = np.asarray(jax_backend.counter_bits(
+        N, jnp.asarray([0, 1], dtype="uint32"))).astype(np.uint64)
+    flipped = np.mean([((bits ^ other) >> b) & 1 for b in range(32)])
+    assert abs(flipped - 0.5) < 0.01
+
+
+def _standardised_noise(seed, steps, fused, shapes=((60, 50), (3000,))):
+    """z = (θ − m)/σ of each variable after each of `steps` SOBA steps from
+    random gradients."""
+    rng = np.random.default_rng(0)
+    variables = [keras.Variable(rng.normal(size=s).astype("float32"))
+                 for s in shapes]
+    opt = SOBA(0.01, ess=100.0, hess_init=0.5, seed=seed,
+               fused_update=fused)
+    draws = []
+    for _ in range(steps):
+        grads = [rng.normal(size=s).astype("float32") for s in shapes]
+        opt.apply_gradients(zip(grads, variables))
+        draws.append([
+            (keras.ops.convert_to_numpy(v) - m).ravel() / s.ravel()
+            for v, m, s in zip(variables, opt.posterior_mean(),
+                               opt.posterior_std())])
+    return draws
+
+
+@pytest.mark.parametrize("fused", [False, True],
+                         ids=["per-variable", "fused"])
+def test_training_noise_statistics(fused):
+    """SOBA's samples: mean 0, variance 1, normal, uncorrelated across
+    variables and steps; `seed=` reproduces them, another seed does not."""
+    draws = _standardised_noise(seed=5, steps=3, fused=fused)
+    for step in draws:
+        _check_standard_normal(np.concatenate(step))
+        assert _uncorrelated(step[0], step[1])
+    for first, second in zip(draws, draws[1:]):
+        for a, b in zip(first, second):
+            assert _uncorrelated(a, b)
+    again = _standardised_noise(seed=5, steps=1, fused=fused)
+    for a, b in zip(draws[0], again[0]):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+    other = _standardised_noise(seed=6, steps=1, fused=fused)
+    assert not np.allclose(draws[0][1], other[0][1])
