@@ -5,7 +5,7 @@ once, cell by cell, in a fresh process with the settings in `SETTINGS`; what
 each code cell prints and every matplotlib figure it leaves open are written
 into `docs/tutorials/NN_name.md` (figures as `docs/tutorials/NN_name_K.png`).
 The pages are committed: the site build only reads them, and
-`tests/test_rendered_tutorials.py` fails when a tutorial's cells no longer
+`tests/test_docs_site.py` fails when a tutorial's cells no longer
 match its page (run this script again then).
 
 Usage (from the repository root, with the project's environment):

@@ -128,3 +128,19 @@ def test_training_noise_statistics(fused):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
     other = _standardised_noise(seed=6, steps=1, fused=fused)
     assert not np.allclose(draws[0][1], other[0][1])
+
+
+@on_jax
+def test_every_24_bit_cell_gives_a_finite_symmetric_normal():
+    """All 2^24 cells of the inverse-CDF transform, the extremes included:
+    finite (a cell that rounded to u = ±1 made z = ±inf and a NaN step),
+    symmetric (cell k and cell 2^24 - 1 - k give -z and z), and each
+    z inside the truncation |z| < 5.5."""
+    from keras_bayes.backend import jax as jax_backend
+
+    cells = np.arange(2**24, dtype=np.uint32)
+    z = np.asarray(jax_backend.bits_to_normal(cells << np.uint32(8)))
+    assert np.all(np.isfinite(z))
+    assert np.all(np.abs(z) < 5.5)
+    np.testing.assert_array_equal(z, -z[::-1])
+    assert np.all(np.diff(z) > 0)  # strictly increasing in the cell
