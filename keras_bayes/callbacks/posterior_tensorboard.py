@@ -8,7 +8,7 @@ import numpy as np
 from keras_bayes._validation import check_boolean
 from keras_bayes._validation import check_path
 from keras_bayes._validation import check_positive_integer
-from keras_bayes.optimizers.base import unwrap_optimizer
+from keras_bayes.optimizers.base import require_posterior_optimizer
 
 #: The run folder under `log_dir`, beside Keras' `train/` and `validation/`.
 RUN_NAME = "posterior"
@@ -162,16 +162,8 @@ class PosteriorTensorBoard(keras.callbacks.Callback):
 
     def _optimizer(self):
         # `self.model` (not a stored reference) syncs the JAX state.
-        optimizer = unwrap_optimizer(self.model.optimizer)
-        if optimizer is None:
-            raise ValueError(
-                "PosteriorTensorBoard needs a model trained by a keras_bayes "
-                "posterior optimizer (SOBA, IVON, BSAM, a Lie-group rule, "
-                "VOGN), possibly inside a keras.optimizers."
-                "LossScaleOptimizer. Received: optimizer="
-                f"{type(self.model.optimizer).__name__}"
-            )
-        return optimizer
+        return require_posterior_optimizer(self.model.optimizer,
+                                           "PosteriorTensorBoard")
 
     def on_train_begin(self, logs=None):
         # Fail before the first epoch, not after it.

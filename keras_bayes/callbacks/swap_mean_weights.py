@@ -2,7 +2,7 @@
 
 import keras
 
-from keras_bayes.optimizers.base import unwrap_optimizer
+from keras_bayes.optimizers.base import require_posterior_optimizer
 
 
 @keras.saving.register_keras_serializable(package="keras_bayes")
@@ -52,14 +52,8 @@ class SwapMeanWeights(keras.callbacks.Callback):
 
     def _optimizer(self):
         # `self.model` (not a stored reference) syncs the JAX state.
-        optimizer = unwrap_optimizer(self.model.optimizer)
-        if optimizer is None:
-            raise ValueError(
-                "SwapMeanWeights needs a keras_bayes optimizer (such as "
-                "keras_bayes.optimizers.SOBA). Received: "
-                f"{type(self.model.optimizer).__name__}"
-            )
-        return optimizer
+        return require_posterior_optimizer(self.model.optimizer,
+                                           "SwapMeanWeights")
 
     def _put_mean(self):
         optimizer = self._optimizer()

@@ -76,6 +76,20 @@ def unwrap_optimizer(optimizer):
     return optimizer if isinstance(optimizer, PosteriorOptimizer) else None
 
 
+def require_posterior_optimizer(optimizer, user):
+    """`unwrap_optimizer(optimizer)`, or a `ValueError` saying that `user`
+    (the name of the caller, e.g. a callback's class) needs one."""
+    posterior = unwrap_optimizer(optimizer)
+    if posterior is None:
+        raise ValueError(
+            f"{user} needs a model trained by a keras_bayes posterior "
+            "optimizer (SOBA, IVON, BSAM, a Lie-group rule, VOGN), possibly "
+            "inside a keras.optimizers.LossScaleOptimizer. Received: "
+            f"optimizer={type(optimizer).__name__}"
+        )
+    return posterior
+
+
 class PosteriorOptimizer(keras.optimizers.Optimizer):
     """Base class for keras_bayes optimizers that hold a posterior.
 
