@@ -9,7 +9,8 @@
 # needs, then installs keras_bayes from this checkout. Idempotent: a second
 # run only checks the installs.
 # Usage: scripts/test_keras_floor.sh [pytest args...]
-#   (KERAS_FLOOR_TESTS="tests/a.py tests/b.py" to change the subset)
+#   (KERAS_FLOOR_TESTS="tests/a.py tests/b.py" to change the subset;
+#   KERAS_FLOOR_INSTALL_ONLY=1 to prepare the environment and stop)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
@@ -31,8 +32,11 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 "$VENV/bin/python" -m pip install -q --upgrade pip
 "$VENV/bin/python" -m pip install -q "keras==$floor" "$backend_pin" \
-  "pytest>=8" "pytest-timeout>=2" "scikit-learn>=1.3"
+  "pytest>=8" "pytest-timeout>=2" "pytest-xdist>=3.5" "scikit-learn>=1.3"
 "$VENV/bin/python" -m pip install -q --no-deps -e .
+if [ "${KERAS_FLOOR_INSTALL_ONLY:-0}" = 1 ]; then
+  exit 0
+fi
 
 echo "=== Keras $floor (the declared floor), KERAS_BACKEND=$BACKEND ==="
 # shellcheck disable=SC2086  # the test list is meant to split on spaces

@@ -122,6 +122,7 @@ def soba(task, prior=None):
                 prior=prior)
 
 
+@pytest.mark.slow
 def test_posterior_prior_keeps_the_first_task():
     """Split digits, task 1 = classes 0-4, task 2 = 5-9; task-incremental
     accuracy on task 1 after 3 epochs of task 2, three seeds. From the same
@@ -189,6 +190,7 @@ def test_split_mnist1d_sequence():
     assert tasks[0].x_train.shape[1:] == (40,)
 
 
+@pytest.mark.slow
 @pytest.mark.backend_independent
 @pytest.mark.skipif(not os.path.exists(DEFAULT_CIFAR10_PATH),
                     reason="offline CIFAR-10 archive not beside the checkout")

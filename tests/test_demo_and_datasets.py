@@ -12,6 +12,7 @@ from keras_bayes import datasets
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+@pytest.mark.slow
 def test_demo_prints_the_table(tmp_path):
     out = tmp_path / "demo.json"
     result = subprocess.run(
@@ -58,6 +59,7 @@ def test_digits_split():
     assert 0 <= x.min() and x.max() <= 1
 
 
+@pytest.mark.slow
 @pytest.mark.backend_independent
 @pytest.mark.skipif(not os.path.exists(datasets.DEFAULT_CIFAR10_PATH),
                     reason="offline CIFAR-10 archive not beside the checkout")

@@ -54,6 +54,9 @@ METHODS = ["soba", "soba_mc2", "bsam", "bsam_split2", "sam"]
 POSTERIOR_METHODS = {"soba", "soba_mc2", "bsam", "bsam_split2",
                      "soba_seed_none"}
 REPLICAS = 2
+# One multi-process scenario per backend (a module fixture) feeds every
+# test here: a parallel run keeps them on one worker, which runs it once.
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("distributed")]
 ATOL = RTOL = 1e-5
 TIMEOUT_S = 400
 

@@ -192,6 +192,7 @@ print("ok")
 """
 
 
+@pytest.mark.slow
 @pytest.mark.backend_independent
 def test_tfds_loading_path_with_mock_data():
     """The users' SVHN path, on TFDS mock data (in a subprocess: it imports

@@ -15,6 +15,10 @@ import keras_bayes  # noqa: F401  (registers the classes for loading)
 from keras_bayes import recipes
 from keras_bayes.models import transformer_lm
 
+# The training, saving and clip-radius tests read one training run (a
+# module fixture): a parallel run keeps this file on one worker.
+pytestmark = pytest.mark.xdist_group("transformer_lm")
+
 CORPUS = "the quick brown fox jumps over the lazy dog. " * 40
 SEQUENCE_LENGTH = 16
 BATCH = 16

@@ -129,6 +129,7 @@ print("ok")
 
 
 # The TFDS path is backend-independent NumPy: checked once.
+@pytest.mark.slow
 @pytest.mark.backend_independent
 def test_tfds_path_with_mock_data():
     pytest.importorskip("tensorflow_datasets")
@@ -181,6 +182,7 @@ print("ok")
 """
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(keras.backend.backend() != "tensorflow",
                     reason="the TFDS path is backend-independent NumPy; "
                     "checked once")

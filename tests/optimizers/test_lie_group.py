@@ -311,6 +311,7 @@ GROUP_ARGS = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("group", list(GROUP_ARGS))
 def test_noise_changes_every_step_under_jit(group, digits):
     """Official-code pitfall: its Rayleigh noise was frozen at trace time."""

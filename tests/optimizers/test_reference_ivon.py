@@ -108,6 +108,7 @@ def _within(agree, spread):
     )
 
 
+@pytest.mark.slow
 def test_soba_learns_what_ivon_opt_learns(problem):
     nll_ref, std_ref = _official(problem, seed=0)
     nll_ref2, std_ref2 = _official(problem, seed=1)

@@ -17,6 +17,7 @@ def _soba(n, **kw):
     return SOBA(0.2, ess=n, **kw)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["sequential", "functional", "subclassed"])
 @pytest.mark.parametrize("eager", [False, True], ids=["compiled", "eager"])
 def test_fit_trains_and_ends_at_the_mean(digits, kind, eager):
@@ -60,6 +61,7 @@ def test_variables_hold_samples_during_fit(digits):
     assert abs(np.corrcoef(z0.ravel(), z1.ravel())[0, 1]) < 0.2
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("eager", [False, True], ids=["compiled", "eager"])
 def test_swap_mean_weights_validates_at_the_mean(digits, eager):
     x, y, xv, yv = digits
