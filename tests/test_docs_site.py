@@ -2,7 +2,7 @@
 tutorials, and the checks of scripts/check_docs.py catch what they should.
 
 The site itself is built (strictly) by scripts/build_docs.sh, which
-scripts/test.sh runs before the test lanes.
+scripts/test.sh runs before the tests.
 """
 
 import importlib.util
