@@ -86,3 +86,15 @@ def test_continual_benchmark_quick(tmp_path):
     table = (tmp_path / "continual.md").read_text()
     assert "quick mode: not a measurement" in table
     assert table.count("| split digits |") == len(payload["records"])
+
+
+@pytest.mark.skipif(keras.backend.backend() != "jax",
+                    reason="times JAX functions (the JAX training noise)")
+def test_jax_update_parts_runs():
+    from benchmarks import jax_update_parts
+
+    results = jax_update_parts.main(["--size", "1000", "--repeats", "2"])
+    assert set(results) == {"adam", "counter_bits", "counter_normal",
+                            "erf_inv", "threefry_normal", "box_muller",
+                            "soba_update"}
+    assert all(ms > 0 for ms in results.values())
