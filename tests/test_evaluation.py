@@ -14,6 +14,10 @@ from tests.helpers import weights_close
 
 LOSS = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 
+# Most tests here read one generated dataset (a module fixture, ~0.7 s): a
+# parallel run keeps this file on one worker, which makes it once.
+pytestmark = pytest.mark.xdist_group("evaluation")
+
 
 @pytest.fixture(scope="module")
 def split_mnist1d():
