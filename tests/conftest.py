@@ -9,7 +9,9 @@ except ImportError:
 import atexit
 import gc
 import os
+import runpy
 import shutil
+import sys
 import tempfile
 
 import keras
@@ -74,22 +76,58 @@ def pytest_collection_modifyitems(config, items):
         items.sort(key=lambda item: item.get_closest_marker("slow") is None)
 
 
-def pytest_collection_finish(session):
-    # Every test starts with `clear_session()`, whose `gc.collect()` walks
-    # every object alive, and with TensorFlow, JAX and torch imported that is
-    # ~0.5 s a test (~10 minutes of the suite). Freezing what exists once
-    # the tests are collected (modules, the backends' import-time objects:
-    # none of it is garbage a test could leave) keeps those objects out of
-    # every later collection, which then only looks at what tests created.
-    gc.collect()
-    gc.freeze()
-
-
 @pytest.fixture(autouse=True)
 def _fresh_session():
-    keras.backend.clear_session()
+    # Keras' `clear_session()` ends with a full `gc.collect()`, which walks
+    # every object alive: the backends' import-time objects and whatever
+    # the earlier tests left in caches (compiled functions, traces), so it
+    # grew from ~0.3 s to ~1 s a test over a JAX run (measured; ~4 of the
+    # JAX lane's 16 minutes). The same collection, then `gc.freeze()`:
+    # what survives it is no garbage of the previous test, and frozen it
+    # stays out of later collections, which then look only at what the
+    # tests since created (setup 71 s -> 7 s on 224 JAX tests, same peak
+    # memory). Nothing a running test creates is frozen. The price: what was
+    # alive at a test's start and later dies inside a reference cycle (a
+    # module fixture's model, an evicted cache entry) is never freed; the
+    # peak memory of whole runs did not grow (measured).
+    keras.backend.clear_session(free_memory=False)
+    gc.collect()
+    gc.freeze()
     keras.utils.set_random_seed(1234)
     yield
+
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture
+def run_script(monkeypatch):
+    """`run_script(path, *args)` runs the repository script `path` as
+    `python <path> <args>` from the checkout's root would, but inside this
+    process (`runpy`, as `__main__`).
+
+    A new interpreter would import the backends and compile every program
+    again: half of a short script's time (the demo's 40 s, measured). The
+    process already has the backend the script would select
+    (`KERAS_BACKEND` is set for it too); environment, working directory,
+    `sys.argv` and `sys.path` are restored after, figures closed. A script
+    that fails raises, as a non-zero exit status would; `sys.exit(0)` is
+    success.
+    """
+    def run(path, *args):
+        monkeypatch.setenv("KERAS_BACKEND", keras.backend.backend())
+        monkeypatch.chdir(ROOT)
+        monkeypatch.setattr(sys, "argv", [str(path), *map(str, args)])
+        monkeypatch.setattr(sys, "path", list(sys.path))  # scripts extend it
+        try:
+            runpy.run_path(str(path), run_name="__main__")
+        except SystemExit as exit_:
+            assert exit_.code in (None, 0), f"{path} exited with {exit_.code}"
+        finally:
+            if "matplotlib.pyplot" in sys.modules:
+                sys.modules["matplotlib.pyplot"].close("all")
+
+    return run
 
 
 @pytest.fixture

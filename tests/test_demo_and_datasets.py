@@ -1,30 +1,21 @@
 """The README's main job and the offline dataset loaders."""
 
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
 from keras_bayes import datasets
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
 
 @pytest.mark.slow
-def test_demo_prints_the_table(tmp_path):
+def test_demo_prints_the_table(tmp_path, run_script, capsys):
     out = tmp_path / "demo.json"
-    result = subprocess.run(
-        [sys.executable, os.path.join("examples", "demo.py"), "--epochs",
-         "3", "--samples", "4", "--json", str(out),
-         "--plot", str(tmp_path / "rel.png"),
-         "--map", str(tmp_path / "map.png"), "--map-epochs", "2"],
-        cwd=ROOT, capture_output=True, text=True, timeout=600,
-        env={**os.environ},
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    lines = result.stdout.splitlines()
+    run_script(os.path.join("examples", "demo.py"), "--epochs", "3",
+               "--samples", "4", "--json", out, "--plot", tmp_path / "rel.png",
+               "--map", tmp_path / "map.png", "--map-epochs", "2")
+    stdout = capsys.readouterr().out
+    lines = stdout.splitlines()
     header = next(i for i, line in enumerate(lines) if "accuracy" in line)
     rows = lines[header + 1:header + 4]
     assert [r.split("  ")[0].strip() for r in rows] == [

@@ -1,7 +1,7 @@
 """Every tutorial runs top to bottom (shortened by KERAS_BAYES_FAST=1).
 
-Each runs as `__main__` inside the test process (`runpy`), as `python
-tutorials/<name>.py` would run it, but without starting an interpreter and
+Each runs as `__main__` inside the test process (the `run_script` fixture),
+as `python tutorials/<name>.py` would run it, but without starting an interpreter and
 importing the backends again for every tutorial (a third of a short
 tutorial's time). The process already has the backend the tutorial would
 select (`KERAS_BACKEND` is set before it imports Keras).
@@ -9,8 +9,6 @@ select (`KERAS_BACKEND` is set before it imports Keras).
 
 import glob
 import os
-import runpy
-import sys
 
 import keras
 import pytest
@@ -39,18 +37,10 @@ def _tutorial(path):
 
 @pytest.mark.parametrize("path", [_tutorial(p) for p in TUTORIALS],
                          ids=os.path.basename)
-def test_tutorial_runs(path, monkeypatch, capsys):
+def test_tutorial_runs(path, monkeypatch, capsys, run_script):
     if (os.path.basename(path) in NOT_ON_JAX
             and keras.backend.backend() == "jax"):
         pytest.skip("slow on JAX; runs under TensorFlow and torch")
     monkeypatch.setenv("KERAS_BAYES_FAST", "1")
-    monkeypatch.setenv("KERAS_BACKEND", keras.backend.backend())
-    monkeypatch.chdir(ROOT)
-    monkeypatch.setattr(sys, "argv", [path])
-    monkeypatch.setattr(sys, "path", list(sys.path))  # tutorials extend it
-    try:
-        runpy.run_path(path, run_name="__main__")
-    finally:
-        if "matplotlib.pyplot" in sys.modules:
-            sys.modules["matplotlib.pyplot"].close("all")
+    run_script(path)
     assert "Tutorial finished." in capsys.readouterr().out

@@ -1,15 +1,13 @@
 """Smoke test of benchmarks/step_cost.py (the training-step cost benchmark).
 
-Runs `step_cost.py --quick` in a subprocess on the current backend and checks
-the JSON it writes. The timings of a quick run are not meaningful; only their
-presence and sign are checked.
+Runs `step_cost.py --quick` as a command (inside this process: the
+`run_script` fixture) on the current backend and checks the JSON it writes.
+The timings of a quick run are not meaningful; only their presence and sign
+are checked.
 """
 
 import json
-import os
 import pathlib
-import subprocess
-import sys
 
 import keras
 import pytest
@@ -20,15 +18,10 @@ SCRIPT = pathlib.Path(__file__).resolve().parents[2] / "benchmarks" / (
 
 
 @pytest.mark.slow
-def test_step_cost_quick(tmp_path):
+def test_step_cost_quick(tmp_path, run_script, capsys):
     out = tmp_path / "step_cost.json"
-    env = dict(os.environ, KERAS_BACKEND=keras.backend.backend())
-    proc = subprocess.run(
-        [sys.executable, str(SCRIPT), "--quick", "--json", str(out)],
-        env=env, capture_output=True, text=True, timeout=300,
-    )
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "soba" in proc.stdout
+    run_script(SCRIPT, "--quick", "--json", out)
+    assert "soba" in capsys.readouterr().out
 
     results = json.loads(out.read_text())
     assert isinstance(results, list) and len(results) == 1
@@ -67,15 +60,10 @@ CONTINUAL = SCRIPT.parent / "continual.py"
 @pytest.mark.skipif(keras.backend.backend() != "tensorflow",
                     reason="the command is smoke-tested once; run_sequence "
                     "itself is tested on every backend in test_continual")
-def test_continual_benchmark_quick(tmp_path):
+def test_continual_benchmark_quick(tmp_path, run_script):
     out = tmp_path / "continual"
-    env = dict(os.environ, KERAS_BACKEND=keras.backend.backend())
-    proc = subprocess.run(
-        [sys.executable, str(CONTINUAL), "--quick", "--seeds", "1",
-         "--epochs", "1", "--out", str(out)],
-        env=env, capture_output=True, text=True, timeout=600,
-    )
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+    run_script(CONTINUAL, "--quick", "--seeds", "1", "--epochs", "1",
+               "--out", out)
     payload = json.loads((tmp_path / "continual.json").read_text())
     methods = {r["method"] for r in payload["records"]}
     assert "SOBA, posterior as prior (τ=1)" in methods
