@@ -4,6 +4,7 @@ Nothing here downloads: scikit-learn's bundled digits, and the CIFAR-10 copy
 stored as an xz-compressed archive of JPEG files (see `load_cifar10`).
 """
 
+import io
 import lzma
 import os
 
@@ -160,8 +161,11 @@ def load_cifar10(path=None, train_size=None, test_size=None, seed=0,
             with np.load(cache) as f:
                 return ((f["x_train"], f["y_train"]),
                         (f["x_test"], f["y_test"]))
+    # Decompressed in one read: `np.load` seeks inside the archive, and
+    # each backward seek in an xz stream decompresses it again from the
+    # start (11 s instead of 2.4 s for the whole set, measured).
     with lzma.open(path) as f:
-        archive = dict(np.load(f))
+        archive = dict(np.load(io.BytesIO(f.read())))
     rng = np.random.default_rng(seed)
     splits = []
     for split, size in (("train", train_size), ("test", test_size)):
