@@ -19,8 +19,12 @@ calls `keras_bayes.backend.<function>` and holds no backend branches.
 - `optimizer_state_detached(variables)`: True while the trainer holds the
   variables' values outside them (JAX, after a traced step failed).
 - `standard_normal(shape, dtype, seed)`: the training noise, N(0, 1) from
-  one seed of a `SeedGenerator` (counter-based on JAX, where Threefry was
-  most of a posterior step on a CPU; `keras.random.normal` elsewhere).
+  one seed of a `SeedGenerator` (counter-based on JAX and TensorFlow, where
+  the default generators were most of a posterior step on a CPU;
+  `keras.random.normal` elsewhere).
+- `compile_function(function)`: the optimizer's update of all variables as
+  one compiled program where the trainer does not compile the step
+  (TensorFlow: XLA; elsewhere the function itself).
 """
 
 import keras

@@ -7,9 +7,9 @@ import keras
 import numpy as np
 from keras import ops
 
-__all__ = ["agree_across_replicas", "assign_flat", "fuse_updates_by_default",
-           "optimizer_state_detached", "raise_unless", "single_device",
-           "standard_normal"]
+__all__ = ["agree_across_replicas", "assign_flat", "compile_function",
+           "fuse_updates_by_default", "optimizer_state_detached",
+           "raise_unless", "single_device", "standard_normal"]
 
 
 def single_device():
@@ -50,3 +50,9 @@ def standard_normal(shape, dtype, seed):
     """N(0, 1) noise of `shape`, drawn with one seed of `seed` (a
     `keras.random.SeedGenerator`, which it advances once)."""
     return keras.random.normal(shape, dtype=dtype, seed=seed)
+
+
+def compile_function(python_function):
+    """The optimizer's update function as it is: JAX's trainer compiles
+    the whole step already, and torch runs it eagerly."""
+    return python_function

@@ -232,6 +232,7 @@ class PosteriorOptimizer(keras.optimizers.Optimizer):
         self._prior_values_missing = False
         self.nonfinite_gradients = nonfinite_gradients
         self._checked_fit_model = None
+        self._compiled_updates = {}
         self._fuse = (
             backend.fuse_updates_by_default()
             if fused_update is None else bool(fused_update)
@@ -540,14 +541,33 @@ class PosteriorOptimizer(keras.optimizers.Optimizer):
             self._fused_update_step(grads, trainable_variables,
                                     learning_rate, finite)
         else:
-            for gradient, variable in zip(grads, trainable_variables):
-                self._update_variable(gradient, variable, learning_rate,
-                                      finite)
+            if isinstance(learning_rate, keras.Variable):
+                learning_rate = learning_rate.value
+            self._compiled_update(trainable_variables)(
+                [None if g is None else ops.convert_to_tensor(g)
+                 for g in grads],
+                ops.convert_to_tensor(learning_rate), finite)
         if self.nonfinite_gradients == "raise":
             backend.raise_unless(finite, (
                 f"{type(self).__name__}: a gradient holds NaN or Inf; the "
                 "step was skipped and the posterior is unchanged "
                 "(nonfinite_gradients='raise')."))
+
+    def _compiled_update(self, variables):
+        """The per-variable updates of `variables` as one function of
+        (gradients, learning rate, finite), compiled where the backend's
+        trainer does not compile the step (`backend.compile_function`).
+        Kept per variable list, so that eager steps reuse the program."""
+        key = tuple(id(v) for v in variables)
+        if self._compiled_updates.get("key") != key:
+            def update_all(grads, learning_rate, finite):
+                for gradient, variable in zip(grads, variables):
+                    self._update_variable(gradient, variable, learning_rate,
+                                          finite)
+
+            self._compiled_updates = {
+                "key": key, "function": backend.compile_function(update_all)}
+        return self._compiled_updates["function"]
 
     @property
     def nonfinite_steps(self):

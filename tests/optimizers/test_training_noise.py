@@ -1,7 +1,9 @@
 """Statistics of the training noise: the backend's generator
-(`keras_bayes.backend.standard_normal`: counter-based on JAX, Keras' own
-elsewhere) and the noise a posterior optimizer puts into its samples, over
+(`keras_bayes.backend.standard_normal`: counter-based on JAX and TensorFlow,
+Keras' own elsewhere) and the noise a posterior optimizer puts into its samples, over
 parameters, variables, steps and seeds."""
+
+import importlib
 
 import keras
 import numpy as np
@@ -16,8 +18,41 @@ N = 200_000
 # probability 6e-7.
 CORRELATION_BOUND = 5.0 / np.sqrt(N)
 
-on_jax = pytest.mark.skipif(keras.backend.backend() != "jax",
-                            reason="the counter-based generator is JAX's")
+on_counter = pytest.mark.skipif(
+    keras.backend.backend() not in ("jax", "tensorflow"),
+    reason="the counter-based generator is JAX's and TensorFlow's")
+
+
+def _counter_backend():
+    """The active backend's module with `counter_bits`/`bits_to_normal`."""
+    return importlib.import_module(
+        f"keras_bayes.backend.{keras.backend.backend()}")
+
+
+def _lowbias32_numpy(x):
+    x = x.astype(np.uint64)
+    mask = np.uint64(0xFFFFFFFF)
+    x ^= x >> np.uint64(16)
+    x = (x * np.uint64(0x7FEB352D)) & mask
+    x ^= x >> np.uint64(15)
+    x = (x * np.uint64(0x846CA68B)) & mask
+    return x ^ (x >> np.uint64(16))
+
+
+def _counter_bits_numpy(size, seed):
+    """The generator's words re-derived in NumPy (uint64 arithmetic masked
+    to 32 bits), from its definition in keras_bayes/backend/jax.py."""
+    golden, mask = 0x9E3779B9, 0xFFFFFFFF
+
+    def hash_(value):  # one Python int
+        return int(_lowbias32_numpy(np.array([value & mask]))[0])
+
+    first = hash_(hash_(seed[0] + golden) + seed[1])
+    second = hash_(first ^ golden)
+    counter = np.arange(size, dtype=np.uint64)
+    return _lowbias32_numpy(
+        (_lowbias32_numpy(counter ^ np.uint64(first)) + np.uint64(second))
+        & np.uint64(mask))
 
 
 def _draw(generator, shape=(N,)):
@@ -74,20 +109,27 @@ def test_standard_normal_is_reproducible_and_seeds_differ():
     assert np.mean(a == c) < 0.01
 
 
-@on_jax
+@on_counter
+def test_counter_bits_match_a_numpy_derivation():
+    # JAX and TensorFlow give the same words for the same key.
+    for seed in ([0, 0], [7, 3], [2**32 - 1, 12345]):
+        bits = keras.ops.convert_to_numpy(_counter_backend().counter_bits(
+            5000, np.asarray(seed, dtype="uint32")))
+        np.testing.assert_array_equal(bits.astype(np.uint64),
+                                      _counter_bits_numpy(5000, seed))
+
+
+@on_counter
 def test_counter_bits_are_balanced():
-    import jax.numpy as jnp
-
-    from keras_bayes.backend import jax as jax_backend
-
-    bits = np.asarray(jax_backend.counter_bits(
-        N, jnp.asarray([0, 0], dtype="uint32"))).astype(np.uint64)
+    counter_bits = _counter_backend().counter_bits
+    bits = keras.ops.convert_to_numpy(counter_bits(
+        N, np.asarray([0, 0], dtype="uint32"))).astype(np.uint64)
     ones = np.array([((bits >> b) & 1).mean() for b in range(32)])
     # Each bit is Bernoulli(½): the sd of its mean is 0.5/sqrt(N).
     assert np.all(np.abs(ones - 0.5) < 5 * 0.5 / np.sqrt(N))
     # A one-bit change of the key changes about half of the bits.
-    other = np.asarray(jax_backend.counter_bits(
-        N, jnp.asarray([0, 1], dtype="uint32"))).astype(np.uint64)
+    other = keras.ops.convert_to_numpy(counter_bits(
+        N, np.asarray([0, 1], dtype="uint32"))).astype(np.uint64)
     flipped = np.mean([((bits ^ other) >> b) & 1 for b in range(32)])
     assert abs(flipped - 0.5) < 0.01
 
@@ -130,16 +172,15 @@ def test_training_noise_statistics(fused):
     assert not np.allclose(draws[0][1], other[0][1])
 
 
-@on_jax
+@on_counter
 def test_every_24_bit_cell_gives_a_finite_symmetric_normal():
     """All 2^24 cells of the inverse-CDF transform, the extremes included:
     finite (a cell that rounded to u = ±1 made z = ±inf and a NaN step),
     symmetric (cell k and cell 2^24 - 1 - k give -z and z), and each
     z inside the truncation |z| < 5.5."""
-    from keras_bayes.backend import jax as jax_backend
-
     cells = np.arange(2**24, dtype=np.uint32)
-    z = np.asarray(jax_backend.bits_to_normal(cells << np.uint32(8)))
+    z = keras.ops.convert_to_numpy(
+        _counter_backend().bits_to_normal(cells << np.uint32(8)))
     assert np.all(np.isfinite(z))
     assert np.all(np.abs(z) < 5.5)
     np.testing.assert_array_equal(z, -z[::-1])
