@@ -22,9 +22,10 @@ calls `keras_bayes.backend.<function>` and holds no backend branches.
   one seed of a `SeedGenerator` (counter-based on JAX and TensorFlow, where
   the default generators were most of a posterior step on a CPU;
   `keras.random.normal` elsewhere).
-- `compile_function(function)`: the optimizer's update of all variables as
-  one compiled program where the trainer does not compile the step
-  (TensorFlow: XLA; elsewhere the function itself).
+- `compile_function(function, num_entries)`: the optimizer's update of all
+  variables as one compiled program where the trainer does not compile the
+  step and the update is large enough to repay the compile (TensorFlow:
+  XLA from 250 k weights; elsewhere the function itself).
 """
 
 import keras

@@ -52,7 +52,8 @@ def standard_normal(shape, dtype, seed):
     return keras.random.normal(shape, dtype=dtype, seed=seed)
 
 
-def compile_function(python_function):
-    """The optimizer's update function as it is: JAX's trainer compiles
-    the whole step already, and torch runs it eagerly."""
+def compile_function(python_function, num_entries):
+    """The optimizer's update function (of `num_entries` weights) as it is:
+    JAX's trainer compiles the whole step already, and torch runs it
+    eagerly."""
     return python_function

@@ -553,6 +553,13 @@ class PosteriorOptimizer(keras.optimizers.Optimizer):
                 "step was skipped and the posterior is unchanged "
                 "(nonfinite_gradients='raise')."))
 
+    #: Whether `_compiled_update` may compile (TensorFlow: XLA). Only with
+    #: the backend's own training noise (`backend.standard_normal`); Keras'
+    #: random ops inside XLA on a CPU are slow (`tf.random.stateless_normal`
+    #: 770 ms on 1.6 M numbers, measured) and draw other numbers than in
+    #: the plain graph.
+    _update_may_compile = True
+
     def _compiled_update(self, variables):
         """The per-variable updates of `variables` as one function of
         (gradients, learning rate, finite), compiled where the backend's
@@ -565,8 +572,11 @@ class PosteriorOptimizer(keras.optimizers.Optimizer):
                     self._update_variable(gradient, variable, learning_rate,
                                           finite)
 
-            self._compiled_updates = {
-                "key": key, "function": backend.compile_function(update_all)}
+            function = update_all
+            if self._update_may_compile:
+                function = backend.compile_function(
+                    update_all, sum(variable_size(v) for v in variables))
+            self._compiled_updates = {"key": key, "function": function}
         return self._compiled_updates["function"]
 
     @property

@@ -194,6 +194,10 @@ class _LieGroupOptimizer(base.PosteriorOptimizer):
         self.noise_scale = noise_scale
         self.mc_samples = mc_samples
 
+    # Its noise families are drawn with Keras' random ops (see
+    # `PosteriorOptimizer._update_may_compile`).
+    _update_may_compile = False
+
     def _training_noise(self, shape, dtype, seed=None):
         # The rule's own family; the base class scales it by the multiplier
         # `_posterior_update` returns and adds the mean.

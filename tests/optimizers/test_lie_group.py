@@ -254,11 +254,7 @@ def test_multiplicative_one_step_matches_equations():
     # The new sample is p' − n' with p' = g⁺ξ⁺, n' = g⁻ξ⁻, ξ± > 0.
     new_p = _numpy(opt._state["positive_part"][0])
     new_n = _numpy(opt._state["negative_part"][0])
-    # Equal up to float32 rounding: where the update is one compiled
-    # program (TensorFlow's XLA update), p'−n' may be formed with a fused
-    # multiply-add from the unrounded p' (1 ulp, measured).
-    np.testing.assert_allclose(_numpy(variable), new_p - new_n, rtol=1e-6,
-                               atol=1e-7)
+    np.testing.assert_array_equal(_numpy(variable), new_p - new_n)
     assert np.all(new_p > 0) and np.all(new_n > 0)
 
 
