@@ -8,8 +8,8 @@ from keras.random import SeedGenerator
 
 from keras_bayes import _keras_compat
 from keras_bayes.backend.common import agree_across_replicas  # noqa: F401
-from keras_bayes.backend.common import compile_function  # noqa: F401
 from keras_bayes.backend.common import assign_flat  # noqa: F401
+from keras_bayes.backend.common import compile_function  # noqa: F401
 from keras_bayes.backend.common import fuse_updates_by_default  # noqa: F401
 from keras_bayes.backend.common import single_device  # noqa: F401
 

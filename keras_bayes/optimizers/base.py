@@ -541,6 +541,8 @@ class PosteriorOptimizer(keras.optimizers.Optimizer):
             self._fused_update_step(grads, trainable_variables,
                                     learning_rate, finite)
         else:
+            # A compiled function takes tensors; Keras hands over its
+            # learning-rate variable itself.
             if isinstance(learning_rate, keras.Variable):
                 learning_rate = learning_rate.value
             self._compiled_update(trainable_variables)(
