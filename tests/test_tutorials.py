@@ -1,9 +1,9 @@
 """Every tutorial runs top to bottom (shortened by KERAS_BAYES_FAST=1).
 
 Each runs as `__main__` inside the test process (the `run_script` fixture),
-as `python tutorials/<name>.py` would run it, but without starting an interpreter and
-importing the backends again for every tutorial (a third of a short
-tutorial's time). The process already has the backend the tutorial would
+as `python tutorials/<name>.py` would run it, but without starting an
+interpreter and importing the backends again for every tutorial (a third of
+a short tutorial's time). The process already has the backend the tutorial would
 select (`KERAS_BACKEND` is set before it imports Keras).
 """
 

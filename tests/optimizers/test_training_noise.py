@@ -1,7 +1,7 @@
 """Statistics of the training noise: the backend's generator
 (`keras_bayes.backend.standard_normal`: counter-based on JAX and TensorFlow,
-Keras' own elsewhere) and the noise a posterior optimizer puts into its samples, over
-parameters, variables, steps and seeds."""
+Keras' own elsewhere) and the noise a posterior optimizer puts into its
+samples, over parameters, variables, steps and seeds."""
 
 import importlib
 
