@@ -6,10 +6,12 @@ timed as the mean of `--repeats` calls after one warm-up call:
 
 * `adam`: Adam's elementwise update (3 inputs + gradient, 3 outputs);
 * `counter_bits`: the 32-bit counter hash behind the JAX training noise
-  (`keras_bayes.backend.jax.counter_bits`);
+  (`keras_bayes.backend.common.counter_bits`);
 * `counter_normal`: those bits turned into N(0, 1) by the inverse CDF
   (`bits_to_normal`: the noise SOBA draws every step);
 * `erf_inv`: `jax.lax.erf_inv` alone on ready floats;
+* `erf_inv_normal`: the same bits turned into N(0, 1) with `jax.lax.erf_inv`
+  (its log1p of −u²) instead of `bits_to_normal`'s log((1 − u)(1 + u));
 * `threefry_normal`: `jax.random.normal` (Keras' default generator);
 * `box_muller`: a Box-Muller transform of the same counter bits (two
   normals per pair of words), the usual alternative to the inverse CDF;
@@ -35,7 +37,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), os.pardir))
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
-from keras_bayes.backend import jax as noise  # noqa: E402
+from keras_bayes.backend import common as noise  # noqa: E402
 
 
 def time_ms(function, *args, repeats=30):
@@ -92,6 +94,9 @@ def main(argv=None):
         "counter_normal": (lambda k: noise.bits_to_normal(
             noise.counter_bits(size, k)), [key]),
         "erf_inv": (jax.lax.erf_inv, [arrays[0]]),
+        "erf_inv_normal": (lambda k: math.sqrt(2.0) * jax.lax.erf_inv(
+            (noise.counter_bits(size, k) >> 8).astype(jnp.int32).astype(
+                jnp.float32) * (2.0 / 2**24) + (1.0 / 2**24 - 1.0)), [key]),
         "threefry_normal": (lambda k: jax.random.normal(
             jax.random.key(0), (size,)), [key]),
         "box_muller": (lambda k: box_muller(k, size), [key]),

@@ -19,9 +19,15 @@ calls `keras_bayes.backend.<function>` and holds no backend branches.
 - `optimizer_state_detached(variables)`: True while the trainer holds the
   variables' values outside them (JAX, after a traced step failed).
 - `standard_normal(shape, dtype, seed)`: the training noise, N(0, 1) from
-  one seed of a `SeedGenerator` (counter-based on JAX and TensorFlow, where
-  the default generators were most of a posterior step on a CPU;
-  `keras.random.normal` elsewhere).
+  one seed of a `SeedGenerator` (`common.counter_normal`, counter-based, on
+  JAX and TensorFlow, where the default generators were most of a
+  posterior step on a CPU; `keras.random.normal` elsewhere).
+- `noise_seeds(generator, count)`: the `seed` arguments of `count` later
+  `standard_normal` calls (JAX: keys drawn now, so that the draws may run
+  inside `if_finite`; elsewhere the generator itself).
+- `if_finite(finite, compute, keep)`: `compute()` if the step's gradients
+  are finite, else `keep()` (JAX: one `lax.cond`; elsewhere an
+  entry-by-entry select).
 - `compile_function(function, num_entries)`: the optimizer's update of all
   variables as one compiled program where the trainer does not compile the
   step and the update is large enough to repay the compile (TensorFlow:

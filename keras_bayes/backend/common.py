@@ -3,13 +3,16 @@
 The per-backend modules import what they do not change from here.
 """
 
+import math
+
 import keras
 import numpy as np
 from keras import ops
 
 __all__ = ["agree_across_replicas", "assign_flat", "compile_function",
-           "fuse_updates_by_default", "optimizer_state_detached",
-           "raise_unless", "single_device", "standard_normal"]
+           "fuse_updates_by_default", "if_finite", "noise_seeds",
+           "optimizer_state_detached", "raise_unless", "single_device",
+           "standard_normal"]
 
 
 def single_device():
@@ -38,7 +41,8 @@ def assign_flat(assign, variables, flat):
         offset += size
 
 
-def fuse_updates_by_default():
+def fuse_updates_by_default(variables):
+    """Compilers fuse the per-variable updates already."""
     return False
 
 
@@ -52,8 +56,144 @@ def standard_normal(shape, dtype, seed):
     return keras.random.normal(shape, dtype=dtype, seed=seed)
 
 
+def noise_seeds(generator, count):
+    """One `seed` argument of `standard_normal` for each of `count` draws:
+    here the `SeedGenerator` itself, which each draw advances."""
+    return [generator] * count
+
+
+def if_finite(finite, compute, keep):
+    """`compute()` where the scalar `finite` is True, else `keep()`: two
+    functions of no arguments returning the same structure of tensors.
+
+    Both run, and the result is selected entry by entry (`ops.where`).
+    """
+    return keras.tree.map_structure(
+        lambda new, old: ops.where(finite, new, old), compute(), keep())
+
+
 def compile_function(python_function, num_entries):
     """The optimizer's update function (of `num_entries` weights) as it is:
     JAX's trainer compiles the whole step already, and torch runs it
     eagerly."""
     return python_function
+
+
+# ----------------------------------------------------------------------
+# A counter-based N(0, 1) generator in `keras.ops`, the training noise of
+# the JAX and TensorFlow backends (`standard_normal` there): on a CPU the
+# backends' own generators (Threefry, Philox) were most of a posterior
+# step's time and of its compile time (docs/speed.md). Its numbers are
+# elementwise functions of their index, so a compiler fuses them into the
+# update that consumes them.
+
+# Multipliers of the `lowbias32` integer hash (C. Wellons, "Prospecting for
+# hash functions", 2018) and the golden-ratio constant that separates the
+# two words of a key.
+_LOWBIAS32_M1 = 0x7FEB352D
+_LOWBIAS32_M2 = 0x846CA68B
+_GOLDEN = 0x9E3779B9
+
+
+def _uint32(value):
+    return ops.convert_to_tensor(value, dtype="uint32")
+
+
+def _lowbias32(x):
+    """A bijective 32-bit integer hash with full avalanche (uint32 in, out)."""
+    x = ops.bitwise_xor(x, ops.right_shift(x, 16))
+    x = ops.multiply(x, _uint32(_LOWBIAS32_M1))
+    x = ops.bitwise_xor(x, ops.right_shift(x, 15))
+    x = ops.multiply(x, _uint32(_LOWBIAS32_M2))
+    return ops.bitwise_xor(x, ops.right_shift(x, 16))
+
+
+def _key_words(seed):
+    """Two well-mixed 32-bit words from a Keras seed `[s, c]`.
+
+    A `SeedGenerator` hands out `[s, c]`, `[s, c + 1]`, ...: the words are
+    a bijective hash of `c` for each `s`, so the keys of successive draws
+    differ, and they differ in every bit position.
+    """
+    seed = ops.cast(seed, "uint32")
+    first = _lowbias32(
+        ops.add(_lowbias32(ops.add(seed[0], _uint32(_GOLDEN))), seed[1]))
+    return first, _lowbias32(ops.bitwise_xor(first, _uint32(_GOLDEN)))
+
+
+#: The most numbers one draw may have: the counter is 32-bit, and built
+#: from an int32 range (XLA has no unsigned one).
+MAX_DRAW_SIZE = 2**31 - 1
+
+
+def counter_bits(size, seed):
+    """`size` pseudo-random uint32 words of the key `seed` (uint32[2]).
+
+    Word i is lowbias32(lowbias32(i xor k1) + k2) with (k1, k2) the key's
+    words: a counter-based generator, one small loop of integer operations
+    instead of a separate random-number kernel.
+    """
+    if size > MAX_DRAW_SIZE:
+        raise ValueError(
+            f"One noise draw is limited to {MAX_DRAW_SIZE} numbers (a 32-bit "
+            f"counter); a variable (or fused group) has {size}. Split the "
+            "variable or pass fused_update=False.")
+    first, second = _key_words(seed)
+    counter = ops.cast(ops.arange(size, dtype="int32"), "uint32")
+    return _lowbias32(
+        ops.add(_lowbias32(ops.bitwise_xor(counter, first)), second))
+
+
+# M. Giles, "Approximating the erfinv function" (GPU Computing Gems, 2011),
+# single precision: erfinv(u) = u·p(w) with w = −log((1 − u)(1 + u)), p a
+# polynomial in w − 2.5 where w < 5 (|z| < 2.9) and in √w − 3 beyond;
+# relative error below 4e-7 over the cells used here (checked against
+# SciPy in tests/optimizers/test_training_noise.py). Highest power first.
+_ERFINV_CENTRAL = (2.81022636e-08, 3.43273939e-07, -3.5233877e-06,
+                   -4.39150654e-06, 0.00021858087, -0.00125372503,
+                   -0.00417768164, 0.246640727, 1.50140941)
+_ERFINV_TAIL = (-0.000200214257, 0.000100950558, 0.00134934322,
+                -0.00367342844, 0.00573950773, -0.0076224613,
+                0.00943887047, 1.00167406, 2.83297682)
+
+
+def _horner(coefficients, x):
+    value = coefficients[0]
+    for coefficient in coefficients[1:]:
+        value = value * x + coefficient
+    return value
+
+
+def bits_to_normal(bits):
+    """N(0, 1) (float32) from uint32 words by the inverse CDF:
+    z = √2·erfinv(u).
+
+    u takes the top 24 bits to the centre of one of 2^24 equal cells of
+    (−1, 1), so it is symmetric and never ±1; the draw is exact N(0, 1) up
+    to that discretisation, truncated at |z| ≈ 5.4 (probability ~1e-7).
+    The log of (1 − u)(1 + u), not the log1p of −u² that the backends'
+    erfinv take: both factors are exact in float32 and log1p cost twice as
+    much on a CPU (it was a third of a JAX posterior step).
+    """
+    cells = ops.cast(ops.cast(ops.right_shift(bits, 8), "int32"), "float32")
+    # (2k + 1)/2^24 - 1 as k·2^-23 + (2^-24 - 1): every term and the result
+    # are exact in float32. The obvious (k + 0.5)·2^-23 - 1 is not: k + 0.5
+    # needs 25 bits, and k = 2^24 - 1 rounded to 2^24, u = 1, z = inf.
+    uniform = cells * (2.0 / 2**24) + (1.0 / 2**24 - 1.0)
+    w = -ops.log((1.0 - uniform) * (1.0 + uniform))
+    polynomial = ops.where(
+        w < 5.0,
+        _horner(_ERFINV_CENTRAL, w - 2.5),
+        _horner(_ERFINV_TAIL, ops.sqrt(w) - 3.0))
+    return (math.sqrt(2.0) * polynomial) * uniform
+
+
+def counter_normal(shape, dtype, seed):
+    """N(0, 1) noise of `shape` from the counter-based generator: the same
+    contract as `keras.random.normal(shape, seed=seed)` (a call with a
+    `SeedGenerator` advances it once, so two calls are independent and a
+    seeded optimizer reproduces its run); `seed` may also be a key that
+    `noise_seeds` drew from one."""
+    key = seed.next() if isinstance(seed, keras.random.SeedGenerator) else seed
+    normal = bits_to_normal(counter_bits(math.prod(shape), key))
+    return ops.cast(ops.reshape(normal, shape), dtype)

@@ -158,8 +158,11 @@ class PosteriorOptimizer(keras.optimizers.Optimizer):
             always used under a `tf.distribute` strategy or a
             `keras.distribution` (sharded variables must not be
             concatenated). Both paths compute the same update; only the
-            arrangement of the random draws differs. Defaults to None: True
-            on the torch backend, False on the others.
+            arrangement of the random draws differs. Defaults to None:
+            chosen when the optimizer is built, by
+            `keras_bayes.backend.fuse_updates_by_default(variables)`: on
+            torch True for models of many small variables (on average
+            under 100 k weights each), False on the other backends.
         prior: None, a `keras_bayes.Posterior` (typically
             `optimizer.posterior()` after an earlier task) or the path of
             one saved with `Posterior.save`. None (the default) is the
@@ -233,10 +236,9 @@ class PosteriorOptimizer(keras.optimizers.Optimizer):
         self.nonfinite_gradients = nonfinite_gradients
         self._checked_fit_model = None
         self._compiled_updates = {}
-        self._fuse = (
-            backend.fuse_updates_by_default()
-            if fused_update is None else bool(fused_update)
-        )
+        # Set in `build` when `fused_update` is None (it depends on the
+        # variables).
+        self._fuse = bool(fused_update)
         # The generator's state must be an optimizer variable: on JAX only
         # those are threaded through the jitted step (untracked, the noise
         # would silently repeat every step), and only those are saved.
@@ -276,6 +278,8 @@ class PosteriorOptimizer(keras.optimizers.Optimizer):
                     "optimizer."
                 )
         super().build(var_list)
+        if self.fused_update is None:
+            self._fuse = backend.fuse_updates_by_default(var_list)
         # Saved with the optimizer, so a resumed run keeps the count.
         self._nonfinite_steps = self.add_variable(
             shape=(), dtype="int32", initializer="zeros",
@@ -485,44 +489,98 @@ class PosteriorOptimizer(keras.optimizers.Optimizer):
             self._seed_generator if seed is None else seed)
 
     def _next_state_and_sample(self, gradient, sample, state, learning_rate,
-                               weight_decay, center, shape, dtype, finite):
+                               weight_decay, center, shape, dtype, seed=None):
         """(new state, next sample) of one variable or one flat group.
 
         The update runs with the prior centred on `center`; the next sample
-        is mean + multiplier·noise; where `finite` is False both stay as
-        they were.
+        is mean + multiplier·noise (the noise drawn with `seed`, by default
+        the optimizer's generator). The new state has every slot of
+        `state_names` (a slot the update leaves alone keeps its value), so
+        that it has the structure of the state it replaces.
         """
         new_state, noise_scale = centred_update(
             self._posterior_update, center, gradient, sample, state,
             learning_rate, weight_decay,
         )
         new_sample = new_state["mean"] + noise_scale * self._training_noise(
-            shape, dtype)
-        return keep_if_finite(finite, new_state, new_sample, state, sample)
+            shape, dtype, seed)
+        return ({name: new_state.get(name, state[name])
+                 for name in self.state_names}, new_sample)
 
     def update_step(self, gradient, variable, learning_rate):
         """Keras' per-variable hook, called by Keras itself only under a
         distribution, where `_backend_update_step` has already made every
         gradient of a bad step NaN: a step skips when its own gradient is
         not finite."""
-        self._update_variable(gradient, variable, learning_rate,
-                              all_finite([gradient]))
+        self._update_variables([gradient], [variable], learning_rate,
+                               all_finite([gradient]))
+
+    def _update_variables(self, grads, variables, learning_rate, finite):
+        """Update the posterior of each variable and write its next sample;
+        where `finite` is False, nothing changes.
+
+        With the backend's noise (`_draws_backend_noise`), the new values
+        of all variables come from one `backend.if_finite(finite, ...)`: on
+        JAX one branch of the step's program, not a select per slot (which
+        made XLA copy every slot). Otherwise `_update_variable` per
+        variable.
+        """
+        if not self._draws_backend_noise:
+            for gradient, variable in zip(grads, variables):
+                self._update_variable(gradient, variable, learning_rate,
+                                      finite)
+            return
+        seeds = backend.noise_seeds(self._seed_generator, len(variables))
+
+        def compute():
+            return [self._variable_update(gradient, variable, learning_rate,
+                                          seed)
+                    for gradient, variable, seed in zip(grads, variables,
+                                                        seeds)]
+
+        def keep():
+            return [self._current_values(variable) for variable in variables]
+
+        new_values = backend.if_finite(finite, compute, keep)
+        for variable, (state, sample) in zip(variables, new_values):
+            self._write_state_and_sample(variable, state, sample)
 
     def _update_variable(self, gradient, variable, learning_rate, finite):
-        """Update the posterior of one variable and write its next sample
-        (unless `finite` is False)."""
+        """Update one variable, its noise drawn from the generator itself
+        and each new value selected by `finite` (`keep_if_finite`)."""
+        state, sample = self._current_values(variable)
+        new_state, new_sample = keep_if_finite(
+            finite, *self._variable_update(gradient, variable, learning_rate,
+                                           self._seed_generator),
+            state, sample)
+        self._write_state_and_sample(variable, new_state, new_sample)
+
+    def _variable_update(self, gradient, variable, learning_rate, seed):
+        """(new state, next sample) of one variable, its noise drawn with
+        `seed`; assigns nothing."""
         index = _keras_compat.variable_index(self, variable)
         dtype = variable.dtype
         sample = ops.convert_to_tensor(variable)
         state = self._read_state(index, sample)
         weight_decay, center = self._prior_terms(index, variable)
-        new_state, new_sample = self._next_state_and_sample(
+        return self._next_state_and_sample(
             ops.cast(gradient, dtype), sample, state,
             ops.cast(learning_rate, dtype), weight_decay, center,
-            tuple(variable.shape), dtype, finite)
-        for name, value in new_state.items():
+            tuple(variable.shape), dtype, seed)
+
+    def _current_values(self, variable):
+        """(state, sample) of one variable as they are: what a skipped step
+        writes back."""
+        sample = ops.convert_to_tensor(variable)
+        state = self._read_state(
+            _keras_compat.variable_index(self, variable), sample)
+        return {name: state[name] for name in self.state_names}, sample
+
+    def _write_state_and_sample(self, variable, state, sample):
+        index = _keras_compat.variable_index(self, variable)
+        for name, value in state.items():
             self.assign(self._state[name][index], value)
-        self.assign(variable, new_sample)
+        self.assign(variable, sample)
 
     # Overrides a private Keras hook (`_keras_compat.OPTIMIZER_HOOKS`): it
     # runs after gradient clipping and accumulation, once per step.
@@ -555,12 +613,15 @@ class PosteriorOptimizer(keras.optimizers.Optimizer):
                 "step was skipped and the posterior is unchanged "
                 "(nonfinite_gradients='raise')."))
 
-    #: Whether `_compiled_update` may compile (TensorFlow: XLA). Only with
-    #: the backend's own training noise (`backend.standard_normal`); Keras'
-    #: random ops inside XLA on a CPU are slow (`tf.random.stateless_normal`
-    #: 770 ms on 1.6 M numbers, measured) and draw other numbers than in
-    #: the plain graph.
-    _update_may_compile = True
+    #: Whether the training noise is the backend's `standard_normal` (True)
+    #: or drawn with Keras' random ops (the Lie-group rules' families). Only
+    #: the former takes keys drawn in advance (`backend.noise_seeds`), so
+    #: only then may the update run inside `backend.if_finite` and be
+    #: compiled by `_compiled_update` (TensorFlow: XLA); Keras' random ops
+    #: inside XLA on a CPU are slow (`tf.random.stateless_normal` 770 ms on
+    #: 1.6 M numbers, measured) and draw other numbers than in the plain
+    #: graph.
+    _draws_backend_noise = True
 
     def _compiled_update(self, variables):
         """The per-variable updates of `variables` as one function of
@@ -570,12 +631,12 @@ class PosteriorOptimizer(keras.optimizers.Optimizer):
         key = tuple(id(v) for v in variables)
         if self._compiled_updates.get("key") != key:
             def update_all(grads, learning_rate, finite):
-                for gradient, variable in zip(grads, variables):
-                    self._update_variable(gradient, variable, learning_rate,
-                                          finite)
+                # Keras drops variables without a gradient before this hook.
+                self._update_variables(grads, variables, learning_rate,
+                                       finite)
 
             function = update_all
-            if self._update_may_compile:
+            if self._draws_backend_noise:
                 function = backend.compile_function(
                     update_all, sum(variable_size(v) for v in variables))
             self._compiled_updates = {"key": key, "function": function}
@@ -632,15 +693,27 @@ class PosteriorOptimizer(keras.optimizers.Optimizer):
                     [self._prior_slots["precision"][i] for i in indices])
                 center = flatten(
                     [self._prior_slots["mean"][i] for i in indices])
-            new_state, new_sample = self._next_state_and_sample(
-                gradient, sample, state, ops.cast(learning_rate, dtype),
-                weight_decay, center,
-                (sum(variable_size(v) for v in targets),), dtype, finite)
+            size = sum(variable_size(v) for v in targets)
+            new_state, new_sample = self._group_update_unless_nonfinite(
+                finite,
+                lambda seed: self._next_state_and_sample(
+                    gradient, sample, state, ops.cast(learning_rate, dtype),
+                    weight_decay, center, (size,), dtype, seed),
+                ({name: state[name] for name in self.state_names}, sample))
             backend.assign_flat(self.assign, targets, new_sample)
             for name, value in new_state.items():
                 backend.assign_flat(
                     self.assign, [self._state[name][i] for i in indices],
                     value)
+
+    def _group_update_unless_nonfinite(self, finite, update, kept):
+        """`update(seed)`, the (state, sample) of one flat group from one
+        noise draw, where `finite` is True, else `kept`."""
+        if self._draws_backend_noise:
+            seed = backend.noise_seeds(self._seed_generator, 1)[0]
+            return backend.if_finite(finite, lambda: update(seed),
+                                     lambda: kept)
+        return keep_if_finite(finite, *update(self._seed_generator), *kept)
 
     def finalize_variable_values(self, var_list):
         """Write the posterior mean into the model (called at `fit` end)."""

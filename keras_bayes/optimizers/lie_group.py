@@ -195,8 +195,8 @@ class _LieGroupOptimizer(base.PosteriorOptimizer):
         self.mc_samples = mc_samples
 
     # Its noise families are drawn with Keras' random ops (see
-    # `PosteriorOptimizer._update_may_compile`).
-    _update_may_compile = False
+    # `PosteriorOptimizer._draws_backend_noise`).
+    _draws_backend_noise = False
 
     def _training_noise(self, shape, dtype, seed=None):
         # The rule's own family; the base class scales it by the multiplier

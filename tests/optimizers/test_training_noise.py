@@ -3,14 +3,13 @@
 Keras' own elsewhere) and the noise a posterior optimizer puts into its
 samples, over parameters, variables, steps and seeds."""
 
-import importlib
-
 import keras
 import numpy as np
 import pytest
 from scipy import stats
 
 from keras_bayes import backend
+from keras_bayes.backend import common
 from keras_bayes.optimizers import SOBA
 
 N = 200_000
@@ -18,15 +17,11 @@ N = 200_000
 # probability 6e-7.
 CORRELATION_BOUND = 5.0 / np.sqrt(N)
 
+# The generator is written in `keras.ops` (keras_bayes/backend/common.py);
+# torch lacks the uint32 arithmetic it needs and draws with Keras.
 on_counter = pytest.mark.skipif(
     keras.backend.backend() not in ("jax", "tensorflow"),
     reason="the counter-based generator is JAX's and TensorFlow's")
-
-
-def _counter_backend():
-    """The active backend's module with `counter_bits`/`bits_to_normal`."""
-    return importlib.import_module(
-        f"keras_bayes.backend.{keras.backend.backend()}")
 
 
 def _lowbias32_numpy(x):
@@ -41,7 +36,7 @@ def _lowbias32_numpy(x):
 
 def _counter_bits_numpy(size, seed):
     """The generator's words re-derived in NumPy (uint64 arithmetic masked
-    to 32 bits), from its definition in keras_bayes/backend/jax.py."""
+    to 32 bits), from its definition in keras_bayes/backend/common.py."""
     golden, mask = 0x9E3779B9, 0xFFFFFFFF
 
     def hash_(value):  # one Python int
@@ -113,7 +108,7 @@ def test_standard_normal_is_reproducible_and_seeds_differ():
 def test_counter_bits_match_a_numpy_derivation():
     # JAX and TensorFlow give the same words for the same key.
     for seed in ([0, 0], [7, 3], [2**32 - 1, 12345]):
-        bits = keras.ops.convert_to_numpy(_counter_backend().counter_bits(
+        bits = keras.ops.convert_to_numpy(common.counter_bits(
             5000, np.asarray(seed, dtype="uint32")))
         np.testing.assert_array_equal(bits.astype(np.uint64),
                                       _counter_bits_numpy(5000, seed))
@@ -121,7 +116,7 @@ def test_counter_bits_match_a_numpy_derivation():
 
 @on_counter
 def test_counter_bits_are_balanced():
-    counter_bits = _counter_backend().counter_bits
+    counter_bits = common.counter_bits
     bits = keras.ops.convert_to_numpy(counter_bits(
         N, np.asarray([0, 0], dtype="uint32"))).astype(np.uint64)
     ones = np.array([((bits >> b) & 1).mean() for b in range(32)])
@@ -180,8 +175,32 @@ def test_every_24_bit_cell_gives_a_finite_symmetric_normal():
     z inside the truncation |z| < 5.5."""
     cells = np.arange(2**24, dtype=np.uint32)
     z = keras.ops.convert_to_numpy(
-        _counter_backend().bits_to_normal(cells << np.uint32(8)))
+        common.bits_to_normal(cells << np.uint32(8)))
     assert np.all(np.isfinite(z))
     assert np.all(np.abs(z) < 5.5)
     np.testing.assert_array_equal(z, -z[::-1])
     assert np.all(np.diff(z) > 0)  # strictly increasing in the cell
+
+
+@on_counter
+def test_inverse_cdf_matches_scipy_on_every_cell():
+    """The erfinv approximation (Giles' single-precision polynomials, with
+    log((1 − u)(1 + u))) against SciPy's double-precision √2·erfinv at the
+    centre of each of the 2^24 cells: catches a wrong coefficient or a lost
+    digit, which the statistical tests would not."""
+    from scipy.special import erfinv
+
+    cells = np.arange(2**24, dtype=np.uint32)
+    z = keras.ops.convert_to_numpy(
+        common.bits_to_normal(cells << np.uint32(8))).astype(np.float64)
+    u = (2.0 * cells.astype(np.float64) + 1.0) / 2**24 - 1.0
+    reference = np.sqrt(2.0) * erfinv(u)
+    # Float32 output: a few ulps (2^-23 relative) of approximation error.
+    np.testing.assert_allclose(z, reference, rtol=1e-6, atol=1e-7)
+
+
+def test_counter_bits_refuse_a_draw_beyond_the_counter():
+    """A 32-bit counter would repeat numbers: the size is refused, naming
+    the limit and what to do."""
+    with pytest.raises(ValueError, match="limited to 2147483647 numbers"):
+        common.counter_bits(2**31, np.asarray([0, 0], dtype="uint32"))
