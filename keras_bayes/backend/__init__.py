@@ -22,9 +22,10 @@ calls `keras_bayes.backend.<function>` and holds no backend branches.
   one seed of a `SeedGenerator` (`common.counter_normal`, counter-based, on
   JAX and TensorFlow, where the default generators were most of a
   posterior step on a CPU; `keras.random.normal` elsewhere).
-- `noise_seeds(generator, count)`: the `seed` arguments of `count` later
-  `standard_normal` calls (JAX: keys drawn now, so that the draws may run
-  inside `if_finite`; elsewhere the generator itself).
+- `step_normal(shape, dtype, generator, step, start)`: the update noise
+  of a training step, numbers `start`, ... of the step's stream (JAX and
+  TensorFlow: counter-based, so a range can be drawn alone, and the
+  generator is read, not advanced; elsewhere a fresh draw from it).
 - `if_finite(finite, compute, keep)`: `compute()` if the step's gradients
   are finite, else `keep()` (JAX: one `lax.cond`; elsewhere an
   entry-by-entry select).

@@ -10,7 +10,7 @@ import numpy as np
 from keras import ops
 
 __all__ = ["agree_across_replicas", "assign_flat", "compile_function",
-           "fuse_updates_by_default", "if_finite", "noise_seeds",
+           "fuse_updates_by_default", "if_finite", "step_normal",
            "optimizer_state_detached", "raise_unless", "single_device",
            "standard_normal"]
 
@@ -56,10 +56,13 @@ def standard_normal(shape, dtype, seed):
     return keras.random.normal(shape, dtype=dtype, seed=seed)
 
 
-def noise_seeds(generator, count):
-    """One `seed` argument of `standard_normal` for each of `count` draws:
-    here the `SeedGenerator` itself, which each draw advances."""
-    return [generator] * count
+def step_normal(shape, dtype, generator, step, start):
+    """The update noise of one training step: N(0, 1) numbers `start`,
+    `start + 1`, ... of step `step`'s stream, where the backend can address
+    them by index (JAX, TensorFlow: `counter_step_normal`). Here a fresh
+    draw from the `SeedGenerator` (which it advances); `step` and `start`
+    are not used."""
+    return keras.random.normal(shape, dtype=dtype, seed=generator)
 
 
 def if_finite(finite, compute, keep):
@@ -126,20 +129,25 @@ def _key_words(seed):
 MAX_DRAW_SIZE = 2**31 - 1
 
 
-def counter_bits(size, seed):
-    """`size` pseudo-random uint32 words of the key `seed` (uint32[2]).
+def counter_bits(size, seed, start=0):
+    """`size` pseudo-random uint32 words of the key `seed` (uint32[2]),
+    the words number `start`, ..., `start + size - 1` of its stream.
 
     Word i is lowbias32(lowbias32(i xor k1) + k2) with (k1, k2) the key's
     words: a counter-based generator, one small loop of integer operations
-    instead of a separate random-number kernel.
+    instead of a separate random-number kernel. Any range of the stream can
+    be drawn on its own: the words are functions of their index.
     """
+    size = size + start
     if size > MAX_DRAW_SIZE:
         raise ValueError(
             f"One noise draw is limited to {MAX_DRAW_SIZE} numbers (a 32-bit "
-            f"counter); a variable (or fused group) has {size}. Split the "
-            "variable or pass fused_update=False.")
+            f"counter); this one has {size}. A posterior optimizer draws "
+            "once per variable (the fused update: once per group of "
+            "variables, so pass fused_update=False), and once for all "
+            "variables for the extra samples of a multi-pass step.")
     first, second = _key_words(seed)
-    counter = ops.cast(ops.arange(size, dtype="int32"), "uint32")
+    counter = ops.cast(ops.arange(start, size, dtype="int32"), "uint32")
     return _lowbias32(
         ops.add(_lowbias32(ops.bitwise_xor(counter, first)), second))
 
@@ -188,12 +196,35 @@ def bits_to_normal(bits):
     return (math.sqrt(2.0) * polynomial) * uniform
 
 
-def counter_normal(shape, dtype, seed):
+def counter_normal(shape, dtype, seed, start=0):
     """N(0, 1) noise of `shape` from the counter-based generator: the same
     contract as `keras.random.normal(shape, seed=seed)` (a call with a
     `SeedGenerator` advances it once, so two calls are independent and a
-    seeded optimizer reproduces its run); `seed` may also be a key that
-    `noise_seeds` drew from one."""
+    seeded optimizer reproduces its run); `seed` may also be a key
+    (uint32[2]). `start` skips that many numbers of the key's stream."""
     key = seed.next() if isinstance(seed, keras.random.SeedGenerator) else seed
-    normal = bits_to_normal(counter_bits(math.prod(shape), key))
+    normal = bits_to_normal(counter_bits(math.prod(shape), key, start))
     return ops.cast(ops.reshape(normal, shape), dtype)
+
+
+# Separates the update noise's keys [s ^ c, step] from the keys [s, n] the
+# optimizer's `SeedGenerator` hands out (for its other draws).
+_UPDATE_STREAM = 0x5851F42D
+
+
+def counter_step_normal(shape, dtype, generator, step, start):
+    """`step_normal` by the counter-based generator: numbers `start`, ... of
+    the stream of the key [s ^ c, step], s the seed of the `SeedGenerator`
+    (read, not advanced) and c a fixed constant.
+
+    Every variable of a step draws its own range of one stream, so the
+    noise of all variables may be drawn at once and cut into pieces, or
+    each piece on its own (Keras' per-variable updates under a
+    distribution), with the same numbers; and nothing is drawn from the
+    generator inside a step's branch (`if_finite`).
+    """
+    seed = ops.cast(ops.convert_to_tensor(generator.state), "uint32")[0]
+    key = ops.stack([
+        ops.bitwise_xor(seed, _uint32(_UPDATE_STREAM)),
+        ops.cast(step, "uint32")])
+    return counter_normal(shape, dtype, key, start)

@@ -9,11 +9,12 @@ from keras_bayes.backend.common import bits_to_normal  # noqa: F401
 from keras_bayes.backend.common import compile_function  # noqa: F401
 from keras_bayes.backend.common import counter_bits  # noqa: F401
 from keras_bayes.backend.common import counter_normal
+from keras_bayes.backend.common import counter_step_normal
 from keras_bayes.backend.common import fuse_updates_by_default  # noqa: F401
 from keras_bayes.backend.common import single_device  # noqa: F401
 
 __all__ = ["agree_across_replicas", "assign_flat", "compile_function",
-           "fuse_updates_by_default", "if_finite", "noise_seeds",
+           "fuse_updates_by_default", "if_finite", "step_normal",
            "optimizer_state_detached", "raise_unless", "single_device",
            "standard_normal"]
 
@@ -42,12 +43,11 @@ def optimizer_state_detached(variables):
     return any(_keras_compat.jax_state_detached(v) for v in variables)
 
 
-def noise_seeds(generator, count):
-    """`count` keys drawn from the `SeedGenerator` now, one per
-    `standard_normal` call: a draw inside `if_finite`'s branch must not
-    advance the generator (a variable assigned inside `lax.cond` would leak
-    the branch's tracer)."""
-    return [generator.next() for _ in range(count)]
+def step_normal(shape, dtype, generator, step, start):
+    """The update noise of a step: `common.counter_step_normal`, which
+    reads the generator without advancing it (a variable assigned inside
+    `if_finite`'s `lax.cond` would leak the branch's tracer)."""
+    return counter_step_normal(shape, dtype, generator, step, start)
 
 
 def if_finite(finite, compute, keep):

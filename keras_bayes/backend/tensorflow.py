@@ -9,11 +9,10 @@ from keras_bayes.backend.common import bits_to_normal  # noqa: F401
 from keras_bayes.backend.common import counter_bits  # noqa: F401
 from keras_bayes.backend.common import fuse_updates_by_default  # noqa: F401
 from keras_bayes.backend.common import if_finite  # noqa: F401
-from keras_bayes.backend.common import noise_seeds  # noqa: F401
 from keras_bayes.backend.common import optimizer_state_detached  # noqa: F401
 
 __all__ = ["agree_across_replicas", "assign_flat", "compile_function",
-           "fuse_updates_by_default", "if_finite", "noise_seeds",
+           "fuse_updates_by_default", "if_finite", "step_normal",
            "optimizer_state_detached", "raise_unless", "single_device",
            "standard_normal"]
 
@@ -72,3 +71,8 @@ def standard_normal(shape, dtype, seed):
     cost 22 ms on 1.6 M numbers on this CPU, more than Adam's whole step,
     and under XLA on a CPU it is slower still (770 ms, measured)."""
     return common.counter_normal(shape, dtype, seed)
+
+
+def step_normal(shape, dtype, generator, step, start):
+    """The update noise of a step: `common.counter_step_normal`."""
+    return common.counter_step_normal(shape, dtype, generator, step, start)

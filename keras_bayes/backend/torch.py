@@ -6,14 +6,14 @@ import torch
 
 from keras_bayes.backend.common import agree_across_replicas  # noqa: F401
 from keras_bayes.backend.common import compile_function  # noqa: F401
-from keras_bayes.backend.common import noise_seeds  # noqa: F401
+from keras_bayes.backend.common import step_normal  # noqa: F401
 from keras_bayes.backend.common import optimizer_state_detached  # noqa: F401
 from keras_bayes.backend.common import raise_unless  # noqa: F401
 from keras_bayes.backend.common import single_device  # noqa: F401
 from keras_bayes.backend.common import standard_normal  # noqa: F401
 
 __all__ = ["agree_across_replicas", "assign_flat", "compile_function",
-           "fuse_updates_by_default", "if_finite", "noise_seeds",
+           "fuse_updates_by_default", "if_finite", "step_normal",
            "optimizer_state_detached", "raise_unless", "single_device",
            "standard_normal"]
 

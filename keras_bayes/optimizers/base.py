@@ -90,6 +90,47 @@ def require_posterior_optimizer(optimizer, user):
     return posterior
 
 
+#: A variable of at least this many weights gets a noise draw of its own,
+#: which a compiler fuses into the variable's update; smaller ones share
+#: draws (`_noise_runs`). Measured on the 2-core CPU (JAX): one draw for all
+#: variables cut the first `fit` of MobileNetV2 (158 variables, most of
+#: them small) from 2.2x to 1.5x Adam's (the generator compiled once, not
+#: per variable), but made the step of the 1.6 M-weight MLP (6 variables)
+#: slower, 2.5-2.7x -> 3.4x Adam's (the noise written out and read back).
+SEPARATE_DRAW_MIN_ENTRIES = 65_536
+
+
+def _noise_runs(variables, index=None):
+    """`variables` split into runs that share one noise draw: consecutive
+    small variables (consecutive also by `index(variable)`, when given)
+    together, each large one alone (`SEPARATE_DRAW_MIN_ENTRIES`)."""
+    runs = []
+    for variable in variables:
+        large = variable_size(variable) >= SEPARATE_DRAW_MIN_ENTRIES
+        joins = (runs and not large
+                 and variable_size(runs[-1][-1]) < SEPARATE_DRAW_MIN_ENTRIES
+                 and (index is None
+                      or index(runs[-1][-1]) + 1 == index(variable)))
+        if joins:
+            runs[-1].append(variable)
+        else:
+            runs.append([variable])
+    return runs
+
+
+def _cut(flat, variables):
+    """The 1-D `flat` cut into one piece per variable, reshaped and cast
+    to its shape and dtype."""
+    pieces, offset = [], 0
+    for variable in variables:
+        size = variable_size(variable)
+        pieces.append(ops.cast(
+            ops.reshape(flat[offset:offset + size], tuple(variable.shape)),
+            variable.dtype))
+        offset += size
+    return pieces
+
+
 class PosteriorOptimizer(keras.optimizers.Optimizer):
     """Base class for keras_bayes optimizers that hold a posterior.
 
@@ -280,6 +321,9 @@ class PosteriorOptimizer(keras.optimizers.Optimizer):
         super().build(var_list)
         if self.fused_update is None:
             self._fuse = backend.fuse_updates_by_default(var_list)
+        # Where each variable's weights start in a step's update noise.
+        self._noise_offsets = np.cumsum(
+            [0] + [variable_size(v) for v in var_list[:-1]]).tolist()
         # Saved with the optimizer, so a resumed run keeps the count.
         self._nonfinite_steps = self.add_variable(
             shape=(), dtype="int32", initializer="zeros",
@@ -402,14 +446,14 @@ class PosteriorOptimizer(keras.optimizers.Optimizer):
         trainable_variables = list(trainable_variables)
         if not self.built:
             self.build(trainable_variables)
+        noises = self._flat_noise(trainable_variables)
         points = []
-        for variable in trainable_variables:
+        for variable, noise in zip(trainable_variables, noises):
             index = _keras_compat.variable_index(self, variable)
             state = self._read_state(index, ops.convert_to_tensor(variable))
             weight_decay, _ = self._prior_terms(index, variable)
             std = self._posterior_std(state, weight_decay)
-            points.append(state["mean"] + std * backend.standard_normal(
-                tuple(variable.shape), variable.dtype, self._seed_generator))
+            points.append(state["mean"] + std * noise)
         return points
 
     def _state_initializer(self, name, variable):
@@ -478,34 +522,71 @@ class PosteriorOptimizer(keras.optimizers.Optimizer):
         return self.weight_decay
 
     def _training_noise(self, shape, dtype, seed=None):
-        """Unit base noise of the next training sample (Gaussian here).
+        """Unit base noise (Gaussian here) drawn from the optimizer's
+        `SeedGenerator`, advancing it once: the extra samples of a
+        multi-pass step, and the update of rules whose noise is not the
+        backend's (`_draws_backend_noise`; the update's own Gaussian noise
+        is `_update_noise`).
 
         Drawn with the backend's fast generator (`keras_bayes.backend.
-        standard_normal`): one seed of the optimizer's `SeedGenerator` per
-        call, as `keras.random.normal` would take.
+        standard_normal`), as `keras.random.normal` would take its seed.
         """
         return backend.standard_normal(
             shape, dtype,
             self._seed_generator if seed is None else seed)
 
     def _next_state_and_sample(self, gradient, sample, state, learning_rate,
-                               weight_decay, center, shape, dtype, seed=None):
+                               weight_decay, center, noise):
         """(new state, next sample) of one variable or one flat group.
 
         The update runs with the prior centred on `center`; the next sample
-        is mean + multiplier·noise (the noise drawn with `seed`, by default
-        the optimizer's generator). The new state has every slot of
-        `state_names` (a slot the update leaves alone keeps its value), so
-        that it has the structure of the state it replaces.
+        is mean + multiplier·noise, `noise` the unit base noise of the
+        shape of `sample`. The new state has every slot of `state_names` (a
+        slot the update leaves alone keeps its value), so that it has the
+        structure of the state it replaces.
         """
         new_state, noise_scale = centred_update(
             self._posterior_update, center, gradient, sample, state,
             learning_rate, weight_decay,
         )
-        new_sample = new_state["mean"] + noise_scale * self._training_noise(
-            shape, dtype, seed)
+        new_sample = new_state["mean"] + noise_scale * noise
         return ({name: new_state.get(name, state[name])
                  for name in self.state_names}, new_sample)
+
+    def _flat_noise(self, variables, seed=None):
+        """Unit base noise for each of `variables`, from the optimizer's
+        generator (or `seed`), cast to each variable's dtype: one draw per
+        run of `_noise_runs`, cut into pieces.
+
+        For the extra samples of a multi-pass step (`draw_training_point`);
+        the update's own noise is `_update_noise`.
+        """
+        pieces = []
+        for run in _noise_runs(variables):
+            flat = self._training_noise(
+                (sum(variable_size(v) for v in run),), "float32", seed)
+            pieces += _cut(flat, run)
+        return pieces
+
+    def _update_noise(self, variables):
+        """The unit base noise of this step's update for each of
+        `variables` (`backend.step_normal`): weight k of the model (in the
+        order the optimizer was built with) takes number k of the step's
+        stream, so on JAX and TensorFlow the numbers do not depend on how
+        the stream is drawn: Keras' per-variable updates under a
+        distribution draw the same noise as a single device. Runs of small
+        consecutive variables are drawn at once (`_noise_runs`).
+        """
+        pieces = []
+        for run in _noise_runs(
+                variables, lambda v: _keras_compat.variable_index(self, v)):
+            start = self._noise_offsets[
+                _keras_compat.variable_index(self, run[0])]
+            flat = backend.step_normal(
+                (sum(variable_size(v) for v in run),), "float32",
+                self._seed_generator, self.iterations, start)
+            pieces += _cut(flat, run)
+        return pieces
 
     def update_step(self, gradient, variable, learning_rate):
         """Keras' per-variable hook, called by Keras itself only under a
@@ -530,13 +611,11 @@ class PosteriorOptimizer(keras.optimizers.Optimizer):
                 self._update_variable(gradient, variable, learning_rate,
                                       finite)
             return
-        seeds = backend.noise_seeds(self._seed_generator, len(variables))
-
         def compute():
             return [self._variable_update(gradient, variable, learning_rate,
-                                          seed)
-                    for gradient, variable, seed in zip(grads, variables,
-                                                        seeds)]
+                                          noise)
+                    for gradient, variable, noise in zip(
+                        grads, variables, self._update_noise(variables))]
 
         def keep():
             return [self._current_values(variable) for variable in variables]
@@ -549,15 +628,16 @@ class PosteriorOptimizer(keras.optimizers.Optimizer):
         """Update one variable, its noise drawn from the generator itself
         and each new value selected by `finite` (`keep_if_finite`)."""
         state, sample = self._current_values(variable)
+        noise = self._training_noise(tuple(variable.shape), variable.dtype)
         new_state, new_sample = keep_if_finite(
             finite, *self._variable_update(gradient, variable, learning_rate,
-                                           self._seed_generator),
+                                           noise),
             state, sample)
         self._write_state_and_sample(variable, new_state, new_sample)
 
-    def _variable_update(self, gradient, variable, learning_rate, seed):
-        """(new state, next sample) of one variable, its noise drawn with
-        `seed`; assigns nothing."""
+    def _variable_update(self, gradient, variable, learning_rate, noise):
+        """(new state, next sample) of one variable, with the unit base
+        noise `noise`; assigns nothing."""
         index = _keras_compat.variable_index(self, variable)
         dtype = variable.dtype
         sample = ops.convert_to_tensor(variable)
@@ -565,8 +645,7 @@ class PosteriorOptimizer(keras.optimizers.Optimizer):
         weight_decay, center = self._prior_terms(index, variable)
         return self._next_state_and_sample(
             ops.cast(gradient, dtype), sample, state,
-            ops.cast(learning_rate, dtype), weight_decay, center,
-            tuple(variable.shape), dtype, seed)
+            ops.cast(learning_rate, dtype), weight_decay, center, noise)
 
     def _current_values(self, variable):
         """(state, sample) of one variable as they are: what a skipped step
@@ -613,14 +692,14 @@ class PosteriorOptimizer(keras.optimizers.Optimizer):
                 "step was skipped and the posterior is unchanged "
                 "(nonfinite_gradients='raise')."))
 
-    #: Whether the training noise is the backend's `standard_normal` (True)
-    #: or drawn with Keras' random ops (the Lie-group rules' families). Only
-    #: the former takes keys drawn in advance (`backend.noise_seeds`), so
-    #: only then may the update run inside `backend.if_finite` and be
-    #: compiled by `_compiled_update` (TensorFlow: XLA); Keras' random ops
-    #: inside XLA on a CPU are slow (`tf.random.stateless_normal` 770 ms on
-    #: 1.6 M numbers, measured) and draw other numbers than in the plain
-    #: graph.
+    #: Whether the update's noise is the backend's Gaussian (True) or drawn
+    #: with Keras' random ops (the Lie-group rules' families). Only the
+    #: former is drawn by index without advancing the generator
+    #: (`backend.step_normal`), so only then may the update run inside
+    #: `backend.if_finite` and be compiled by `_compiled_update`
+    #: (TensorFlow: XLA); Keras' random ops inside XLA on a CPU are slow
+    #: (`tf.random.stateless_normal` 770 ms on 1.6 M numbers, measured) and
+    #: draw other numbers than in the plain graph.
     _draws_backend_noise = True
 
     def _compiled_update(self, variables):
@@ -676,6 +755,8 @@ class PosteriorOptimizer(keras.optimizers.Optimizer):
             key = (str(variable.dtype), "prior" if self._prior_slots
                    else self._weight_decay_for(variable))
             groups.setdefault(key, []).append((gradient, variable))
+        # The groups take consecutive ranges of the step's noise stream.
+        group_start = 0
         for (dtype, weight_decay), members in groups.items():
             indices = [_keras_compat.variable_index(self, v)
                        for _, v in members]
@@ -696,24 +777,33 @@ class PosteriorOptimizer(keras.optimizers.Optimizer):
             size = sum(variable_size(v) for v in targets)
             new_state, new_sample = self._group_update_unless_nonfinite(
                 finite,
-                lambda seed: self._next_state_and_sample(
+                lambda noise: self._next_state_and_sample(
                     gradient, sample, state, ops.cast(learning_rate, dtype),
-                    weight_decay, center, (size,), dtype, seed),
-                ({name: state[name] for name in self.state_names}, sample))
+                    weight_decay, center, noise),
+                ({name: state[name] for name in self.state_names}, sample),
+                (size,), dtype, group_start)
+            group_start += size
             backend.assign_flat(self.assign, targets, new_sample)
             for name, value in new_state.items():
                 backend.assign_flat(
                     self.assign, [self._state[name][i] for i in indices],
                     value)
 
-    def _group_update_unless_nonfinite(self, finite, update, kept):
-        """`update(seed)`, the (state, sample) of one flat group from one
-        noise draw, where `finite` is True, else `kept`."""
+    def _group_update_unless_nonfinite(self, finite, update, kept, shape,
+                                       dtype, start):
+        """`update(noise)`, the (state, sample) of one flat group of `shape`
+        from its unit noise, where `finite` is True, else `kept`. The noise
+        is numbers `start`, ... of the step's stream (`backend.step_normal`)
+        or, for Keras' random ops, a draw from the generator."""
         if self._draws_backend_noise:
-            seed = backend.noise_seeds(self._seed_generator, 1)[0]
-            return backend.if_finite(finite, lambda: update(seed),
-                                     lambda: kept)
-        return keep_if_finite(finite, *update(self._seed_generator), *kept)
+            return backend.if_finite(
+                finite,
+                lambda: update(backend.step_normal(
+                    shape, dtype, self._seed_generator, self.iterations,
+                    start)),
+                lambda: kept)
+        return keep_if_finite(finite, *update(self._training_noise(
+            shape, dtype)), *kept)
 
     def finalize_variable_values(self, var_list):
         """Write the posterior mean into the model (called at `fit` end)."""

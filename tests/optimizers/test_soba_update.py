@@ -98,19 +98,32 @@ def test_one_step_matches_equations(options, fused):
 
 
 def test_per_variable_noise_is_the_seeded_draw():
-    """The sample is m + σ·z, z the backend's N(0, 1) draw of the seed
-    (`keras_bayes.backend.standard_normal`), per variable, in order."""
+    """The sample is m + σ·z, z the step's update noise
+    (`keras_bayes.backend.step_normal` of the seed and the step, one draw
+    for the variables in order, cut into pieces). On JAX and TensorFlow
+    each piece is also the variable's own range of the step's stream, drawn
+    alone: what Keras' per-variable updates under a distribution draw."""
     rng = np.random.default_rng(1)
     states = [_state(rng, (3, 2)), _state(rng, (7,))]
     opt = SOBA(0.05, seed=11, fused_update=False, **HP)
     variables = _run_one_step(opt, states)
-    gen = keras.random.SeedGenerator(11)
+    step = 3  # `iterations` when the update ran
+    flat = keras.ops.convert_to_numpy(backend.step_normal(
+        (13,), "float32", keras.random.SeedGenerator(11), step, 0))
+    offset = 0
     for i, v in enumerate(variables):
-        z = backend.standard_normal(tuple(v.shape), "float32", gen)
+        size = int(np.prod(v.shape))
+        z = flat[offset:offset + size].reshape(tuple(v.shape))
         expected = (opt._state["mean"][i].numpy()
-                    + opt.posterior_std()[i] * keras.ops.convert_to_numpy(z))
+                    + opt.posterior_std()[i] * z)
         np.testing.assert_allclose(v.numpy(), expected, rtol=1e-6,
                                    atol=1e-6)
+        if keras.backend.backend() in ("jax", "tensorflow"):
+            alone = keras.ops.convert_to_numpy(backend.step_normal(
+                tuple(v.shape), "float32", keras.random.SeedGenerator(11),
+                step, offset))
+            np.testing.assert_array_equal(alone, z)
+        offset += size
 
 
 def test_first_step_is_an_sgd_step_and_keeps_the_hessian():
