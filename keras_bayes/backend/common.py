@@ -10,9 +10,8 @@ import numpy as np
 from keras import ops
 
 __all__ = ["agree_across_replicas", "assign_flat", "compile_function",
-           "fuse_updates_by_default", "if_finite", "step_normal",
-           "optimizer_state_detached", "raise_unless", "single_device",
-           "standard_normal"]
+           "fuse_updates_by_default", "if_finite", "optimizer_state_detached",
+           "raise_unless", "single_device", "standard_normal", "step_normal"]
 
 
 def single_device():

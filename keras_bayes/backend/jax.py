@@ -5,18 +5,15 @@ import jax
 from keras_bayes import _keras_compat
 from keras_bayes.backend.common import agree_across_replicas  # noqa: F401
 from keras_bayes.backend.common import assign_flat  # noqa: F401
-from keras_bayes.backend.common import bits_to_normal  # noqa: F401
 from keras_bayes.backend.common import compile_function  # noqa: F401
-from keras_bayes.backend.common import counter_bits  # noqa: F401
 from keras_bayes.backend.common import counter_normal
 from keras_bayes.backend.common import counter_step_normal
 from keras_bayes.backend.common import fuse_updates_by_default  # noqa: F401
 from keras_bayes.backend.common import single_device  # noqa: F401
 
 __all__ = ["agree_across_replicas", "assign_flat", "compile_function",
-           "fuse_updates_by_default", "if_finite", "step_normal",
-           "optimizer_state_detached", "raise_unless", "single_device",
-           "standard_normal"]
+           "fuse_updates_by_default", "if_finite", "optimizer_state_detached",
+           "raise_unless", "single_device", "standard_normal", "step_normal"]
 
 
 def raise_unless(finite, message):

@@ -13,9 +13,8 @@ from keras_bayes.backend.common import single_device  # noqa: F401
 from keras_bayes.backend.common import standard_normal  # noqa: F401
 
 __all__ = ["agree_across_replicas", "assign_flat", "compile_function",
-           "fuse_updates_by_default", "if_finite", "step_normal",
-           "optimizer_state_detached", "raise_unless", "single_device",
-           "standard_normal"]
+           "fuse_updates_by_default", "if_finite", "optimizer_state_detached",
+           "raise_unless", "single_device", "standard_normal", "step_normal"]
 
 # `raise_unless` is the eager check of `common`: one host sync per step, and
 # only in the opt-in "raise" mode.

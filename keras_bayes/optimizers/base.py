@@ -100,17 +100,16 @@ def require_posterior_optimizer(optimizer, user):
 SEPARATE_DRAW_MIN_ENTRIES = 65_536
 
 
-def _noise_runs(variables, index=None):
-    """`variables` split into runs that share one noise draw: consecutive
-    small variables (consecutive also by `index(variable)`, when given)
-    together, each large one alone (`SEPARATE_DRAW_MIN_ENTRIES`)."""
+def _noise_runs(variables, index):
+    """`variables` split into runs that share one noise draw: small
+    variables consecutive in the list and by `index(variable)` together,
+    each large one alone (`SEPARATE_DRAW_MIN_ENTRIES`)."""
     runs = []
     for variable in variables:
         large = variable_size(variable) >= SEPARATE_DRAW_MIN_ENTRIES
         joins = (runs and not large
                  and variable_size(runs[-1][-1]) < SEPARATE_DRAW_MIN_ENTRIES
-                 and (index is None
-                      or index(runs[-1][-1]) + 1 == index(variable)))
+                 and index(runs[-1][-1]) + 1 == index(variable))
         if joins:
             runs[-1].append(variable)
         else:
@@ -446,14 +445,14 @@ class PosteriorOptimizer(keras.optimizers.Optimizer):
         trainable_variables = list(trainable_variables)
         if not self.built:
             self.build(trainable_variables)
-        noises = self._flat_noise(trainable_variables)
         points = []
-        for variable, noise in zip(trainable_variables, noises):
+        for variable in trainable_variables:
             index = _keras_compat.variable_index(self, variable)
             state = self._read_state(index, ops.convert_to_tensor(variable))
             weight_decay, _ = self._prior_terms(index, variable)
             std = self._posterior_std(state, weight_decay)
-            points.append(state["mean"] + std * noise)
+            points.append(state["mean"] + std * self._training_noise(
+                tuple(variable.shape), variable.dtype))
         return points
 
     def _state_initializer(self, name, variable):
@@ -524,9 +523,9 @@ class PosteriorOptimizer(keras.optimizers.Optimizer):
     def _training_noise(self, shape, dtype, seed=None):
         """Unit base noise (Gaussian here) drawn from the optimizer's
         `SeedGenerator`, advancing it once: the extra samples of a
-        multi-pass step, and the update of rules whose noise is not the
-        backend's (`_draws_backend_noise`; the update's own Gaussian noise
-        is `_update_noise`).
+        multi-pass step (one draw per variable), and the update of rules
+        whose noise is not the backend's (`_draws_backend_noise`; the
+        update's own Gaussian noise is `_update_noise`).
 
         Drawn with the backend's fast generator (`keras_bayes.backend.
         standard_normal`), as `keras.random.normal` would take its seed.
@@ -552,21 +551,6 @@ class PosteriorOptimizer(keras.optimizers.Optimizer):
         new_sample = new_state["mean"] + noise_scale * noise
         return ({name: new_state.get(name, state[name])
                  for name in self.state_names}, new_sample)
-
-    def _flat_noise(self, variables, seed=None):
-        """Unit base noise for each of `variables`, from the optimizer's
-        generator (or `seed`), cast to each variable's dtype: one draw per
-        run of `_noise_runs`, cut into pieces.
-
-        For the extra samples of a multi-pass step (`draw_training_point`);
-        the update's own noise is `_update_noise`.
-        """
-        pieces = []
-        for run in _noise_runs(variables):
-            flat = self._training_noise(
-                (sum(variable_size(v) for v in run),), "float32", seed)
-            pieces += _cut(flat, run)
-        return pieces
 
     def _update_noise(self, variables):
         """The unit base noise of this step's update for each of
@@ -611,6 +595,7 @@ class PosteriorOptimizer(keras.optimizers.Optimizer):
                 self._update_variable(gradient, variable, learning_rate,
                                       finite)
             return
+
         def compute():
             return [self._variable_update(gradient, variable, learning_rate,
                                           noise)
