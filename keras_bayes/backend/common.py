@@ -141,10 +141,10 @@ def counter_bits(size, seed, start=0):
     if size > MAX_DRAW_SIZE:
         raise ValueError(
             f"One noise draw is limited to {MAX_DRAW_SIZE} numbers (a 32-bit "
-            f"counter); this one has {size}. A posterior optimizer draws "
-            "once per variable (the fused update: once per group of "
-            "variables, so pass fused_update=False), and once for all "
-            "variables for the extra samples of a multi-pass step.")
+            f"counter); this one reaches number {size}. A posterior "
+            "optimizer's update numbers all the weights of the model it "
+            "was built for in one stream per step, so on JAX and "
+            "TensorFlow a model may hold at most that many weights.")
     first, second = _key_words(seed)
     counter = ops.cast(ops.arange(start, size, dtype="int32"), "uint32")
     return _lowbias32(
