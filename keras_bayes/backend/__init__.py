@@ -23,16 +23,23 @@ calls `keras_bayes.backend.<function>` and holds no backend branches.
   JAX and TensorFlow, where the default generators were most of a
   posterior step on a CPU; `keras.random.normal` elsewhere).
 - `step_normal(shape, dtype, generator, step, start)`: the update noise
-  of a training step, numbers `start`, ... of the step's stream (JAX and
-  TensorFlow: counter-based, so a range can be drawn alone, and the
-  generator is read, not advanced; elsewhere a fresh draw from it).
+  of a training step, numbers `start`, ... of the step's stream
+  (counter-based, so a range can be drawn alone, and the generator is
+  read, not advanced; torch draws the same stream in int32, compiled for
+  large draws; other backends: a fresh draw from the generator).
+- `nan_unless_finite(tensor)`: NaN if `tensor` has a non-finite entry,
+  else 0 (the per-variable term of the step's finiteness check).
 - `if_finite(finite, compute, keep)`: `compute()` if the step's gradients
-  are finite, else `keep()` (JAX: one `lax.cond`; elsewhere an
-  entry-by-entry select).
+  are finite, else `keep()` (JAX: one `lax.cond`; torch: a Python
+  branch; elsewhere an entry-by-entry select).
 - `compile_function(function, num_entries)`: the optimizer's update of all
   variables as one compiled program where the trainer does not compile the
   step and the update is large enough to repay the compile (TensorFlow:
   XLA from 250 k weights; elsewhere the function itself).
+- `elementwise_kernel(function)`: an elementwise function of tensors (the
+  update of one variable or run) as the backend runs it best (torch:
+  `torch.compile` from 250 k weights per call, eager where compiling
+  fails; elsewhere the function itself, compiled with the step).
 """
 
 import keras

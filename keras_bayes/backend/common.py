@@ -10,7 +10,8 @@ import numpy as np
 from keras import ops
 
 __all__ = ["agree_across_replicas", "assign_flat", "compile_function",
-           "fuse_updates_by_default", "if_finite", "optimizer_state_detached",
+           "elementwise_kernel", "fuse_updates_by_default",
+           "nan_unless_finite", "if_finite", "optimizer_state_detached",
            "raise_unless", "single_device", "standard_normal", "step_normal"]
 
 
@@ -38,6 +39,13 @@ def assign_flat(assign, variables, flat):
         assign(variable, ops.reshape(flat[offset:offset + size],
                                      tuple(variable.shape)))
         offset += size
+
+
+def nan_unless_finite(tensor):
+    """A scalar: NaN if `tensor` has a NaN or ±Inf entry, else 0.
+
+    Σ 0·x: a compiler fuses the product into the reduction, one pass."""
+    return ops.sum(ops.multiply(tensor, 0.0))
 
 
 def fuse_updates_by_default(variables):
@@ -79,6 +87,12 @@ def compile_function(python_function, num_entries):
     JAX's trainer compiles the whole step already, and torch runs it
     eagerly."""
     return python_function
+
+
+def elementwise_kernel(function):
+    """`function` as it is: where the step or the update is compiled (JAX,
+    TensorFlow), an elementwise function is fused as part of it."""
+    return function
 
 
 # ----------------------------------------------------------------------
@@ -128,6 +142,19 @@ def _key_words(seed):
 MAX_DRAW_SIZE = 2**31 - 1
 
 
+def check_draw_size(size, start):
+    """A `ValueError` unless numbers `start`, ..., `start + size - 1` fit
+    the 32-bit counter (`MAX_DRAW_SIZE`)."""
+    end = size + start
+    if end > MAX_DRAW_SIZE:
+        raise ValueError(
+            f"One noise draw is limited to {MAX_DRAW_SIZE} numbers (a 32-bit "
+            f"counter); this one reaches number {end}. A posterior "
+            "optimizer's update numbers all the weights of the model it "
+            "was built for in one stream per step, so a model may hold at "
+            "most that many weights.")
+
+
 def counter_bits(size, seed, start=0):
     """`size` pseudo-random uint32 words of the key `seed` (uint32[2]),
     the words number `start`, ..., `start + size - 1` of its stream.
@@ -137,14 +164,8 @@ def counter_bits(size, seed, start=0):
     instead of a separate random-number kernel. Any range of the stream can
     be drawn on its own: the words are functions of their index.
     """
+    check_draw_size(size, start)
     size = size + start
-    if size > MAX_DRAW_SIZE:
-        raise ValueError(
-            f"One noise draw is limited to {MAX_DRAW_SIZE} numbers (a 32-bit "
-            f"counter); this one reaches number {size}. A posterior "
-            "optimizer's update numbers all the weights of the model it "
-            "was built for in one stream per step, so on JAX and "
-            "TensorFlow a model may hold at most that many weights.")
     first, second = _key_words(seed)
     counter = ops.cast(ops.arange(start, size, dtype="int32"), "uint32")
     return _lowbias32(
@@ -182,7 +203,13 @@ def bits_to_normal(bits):
     erfinv take: both factors are exact in float32 and log1p cost twice as
     much on a CPU (it was a third of a JAX posterior step).
     """
-    cells = ops.cast(ops.cast(ops.right_shift(bits, 8), "int32"), "float32")
+    return cells_to_normal(
+        ops.cast(ops.cast(ops.right_shift(bits, 8), "int32"), "float32"))
+
+
+def cells_to_normal(cells):
+    """N(0, 1) (float32) from cell numbers k in [0, 2^24) (float32): the
+    inverse CDF of `bits_to_normal` after its words were cut to 24 bits."""
     # (2k + 1)/2^24 - 1 as k·2^-23 + (2^-24 - 1): every term and the result
     # are exact in float32. The obvious (k + 0.5)·2^-23 - 1 is not: k + 0.5
     # needs 25 bits, and k = 2^24 - 1 rounded to 2^24, u = 1, z = inf.

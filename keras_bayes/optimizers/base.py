@@ -90,26 +90,30 @@ def require_posterior_optimizer(optimizer, user):
     return posterior
 
 
-#: A variable of at least this many weights gets a noise draw of its own,
-#: which a compiler fuses into the variable's update; smaller ones share
-#: draws (`_noise_runs`). Measured on the 2-core CPU (JAX): one draw for all
-#: variables cut the first `fit` of MobileNetV2 (158 variables, most of
-#: them small) from 2.2x to 1.5x Adam's (the generator compiled once, not
-#: per variable), but made the step of the 1.6 M-weight MLP (6 variables)
-#: slower, 2.5-2.7x -> 3.4x Adam's (the noise written out and read back).
-SEPARATE_DRAW_MIN_ENTRIES = 65_536
+#: A variable of at least this many weights is updated on its own, with a
+#: noise draw of its own that a compiler fuses into its update; smaller
+#: ones are updated in runs, each one flat update with one draw
+#: (`_update_runs`). Measured on the 2-core CPU (JAX): flat updates of the
+#: small variables cut the first `fit` of MobileNetV2 (158 variables, most
+#: of them small) from 1.8x to about 1.0x Adam's (the update compiled a few
+#: times, not 158 times), while one flat update of all variables made the
+#: step of the 1.6 M-weight MLP (6 variables) 35x Adam's (XLA copied the
+#: large concatenations), against 2x updated one by one.
+SEPARATE_UPDATE_MIN_ENTRIES = 65_536
 
 
-def _noise_runs(variables, index):
-    """`variables` split into runs that share one noise draw: small
-    variables consecutive in the list and by `index(variable)` together,
-    each large one alone (`SEPARATE_DRAW_MIN_ENTRIES`)."""
+def _update_runs(variables, index, key):
+    """`variables` split into runs updated (and drawn) together: small
+    variables consecutive in the list and by `index(variable)`, of one
+    `key(variable)` (dtype and weight decay), together; each large one
+    alone (`SEPARATE_UPDATE_MIN_ENTRIES`)."""
     runs = []
     for variable in variables:
-        large = variable_size(variable) >= SEPARATE_DRAW_MIN_ENTRIES
+        large = variable_size(variable) >= SEPARATE_UPDATE_MIN_ENTRIES
         joins = (runs and not large
-                 and variable_size(runs[-1][-1]) < SEPARATE_DRAW_MIN_ENTRIES
-                 and index(runs[-1][-1]) + 1 == index(variable))
+                 and variable_size(runs[-1][-1]) < SEPARATE_UPDATE_MIN_ENTRIES
+                 and index(runs[-1][-1]) + 1 == index(variable)
+                 and key(runs[-1][-1]) == key(variable))
         if joins:
             runs[-1].append(variable)
         else:
@@ -194,7 +198,9 @@ class PosteriorOptimizer(keras.optimizers.Optimizer):
             noise.
         fused_update: bool. On a single device, update all variables of
             equal dtype and weight decay in one flat pass with one noise
-            draw, instead of variable by variable. The per-variable path is
+            draw, instead of variable by variable (where runs of small
+            variables, under 65 536 weights each and consecutive in the
+            model, are still updated together). The per-variable path is
             always used under a `tf.distribute` strategy or a
             `keras.distribution` (sharded variables must not be
             concatenated). Both paths compute the same update; only the
@@ -202,7 +208,11 @@ class PosteriorOptimizer(keras.optimizers.Optimizer):
             chosen when the optimizer is built, by
             `keras_bayes.backend.fuse_updates_by_default(variables)`: on
             torch True for models of many small variables (on average
-            under 100 k weights each), False on the other backends.
+            under 100 k weights each), False on the other backends. On
+            JAX, True for a model of a few large variables is slow (the
+            1.6 M-weight MLP of `benchmarks/step_cost.py`: 35x Adam's
+            step against 2x, XLA copying the concatenations); the default
+            never chooses it there.
         prior: None, a `keras_bayes.Posterior` (typically
             `optimizer.posterior()` after an earlier task) or the path of
             one saved with `Posterior.save`. None (the default) is the
@@ -276,6 +286,10 @@ class PosteriorOptimizer(keras.optimizers.Optimizer):
         self.nonfinite_gradients = nonfinite_gradients
         self._checked_fit_model = None
         self._compiled_updates = {}
+        # `_next_state_and_sample` as the backend runs it best (torch:
+        # compiled on large inputs).
+        self._state_kernel = backend.elementwise_kernel(
+            self._next_state_and_sample)
         # Set in `build` when `fused_update` is None (it depends on the
         # variables).
         self._fuse = bool(fused_update)
@@ -489,12 +503,16 @@ class PosteriorOptimizer(keras.optimizers.Optimizer):
         return ops.where(self._before_first_update(), sample,
                          ops.convert_to_tensor(stored_mean))
 
-    def _read_state(self, index, sample):
-        """The state of variable `index` as tensors, with the current mean."""
-        state = {
+    def _stored_state(self, index):
+        """The slots of variable `index` as tensors, as stored."""
+        return {
             name: ops.convert_to_tensor(slots[index])
             for name, slots in self._state.items()
         }
+
+    def _read_state(self, index, sample):
+        """The state of variable `index` as tensors, with the current mean."""
+        state = self._stored_state(index)
         state["mean"] = self._current_mean(state["mean"], sample)
         return state
 
@@ -525,7 +543,7 @@ class PosteriorOptimizer(keras.optimizers.Optimizer):
         `SeedGenerator`, advancing it once: the extra samples of a
         multi-pass step (one draw per variable), and the update of rules
         whose noise is not the backend's (`_draws_backend_noise`; the
-        update's own Gaussian noise is `_update_noise`).
+        update's own Gaussian noise is `_run_noise`).
 
         Drawn with the backend's fast generator (`keras_bayes.backend.
         standard_normal`), as `keras.random.normal` would take its seed.
@@ -538,12 +556,17 @@ class PosteriorOptimizer(keras.optimizers.Optimizer):
                                weight_decay, center, noise):
         """(new state, next sample) of one variable or one flat group.
 
-        The update runs with the prior centred on `center`; the next sample
+        `state` holds the slots as stored; its mean is made the current one
+        here (`_current_mean`), inside what the backend may compile
+        (`backend.elementwise_kernel`: on torch one loop, not a pass of its
+        own). The update runs with the prior centred on `center`; the next sample
         is mean + multiplier·noise, `noise` the unit base noise of the
         shape of `sample`. The new state has every slot of `state_names` (a
         slot the update leaves alone keeps its value), so that it has the
         structure of the state it replaces.
         """
+        state = dict(state)
+        state["mean"] = self._current_mean(state["mean"], sample)
         new_state, noise_scale = centred_update(
             self._posterior_update, center, gradient, sample, state,
             learning_rate, weight_decay,
@@ -552,25 +575,24 @@ class PosteriorOptimizer(keras.optimizers.Optimizer):
         return ({name: new_state.get(name, state[name])
                  for name in self.state_names}, new_sample)
 
-    def _update_noise(self, variables):
-        """The unit base noise of this step's update for each of
-        `variables` (`backend.step_normal`): weight k of the model (in the
+    def _update_runs(self, variables):
+        """`_update_runs` of `variables` by their place in the model and
+        their (dtype, weight decay)."""
+        return _update_runs(
+            variables, lambda v: _keras_compat.variable_index(self, v),
+            lambda v: (str(v.dtype), self._weight_decay_for(v)))
+
+    def _run_noise(self, run):
+        """The unit base noise of this step's update for the variables of
+        `run`, flat (`backend.step_normal`): weight k of the model (in the
         order the optimizer was built with) takes number k of the step's
-        stream, so on JAX and TensorFlow the numbers do not depend on how
-        the stream is drawn: Keras' per-variable updates under a
-        distribution draw the same noise as a single device. Runs of small
-        consecutive variables are drawn at once (`_noise_runs`).
-        """
-        pieces = []
-        for run in _noise_runs(
-                variables, lambda v: _keras_compat.variable_index(self, v)):
-            start = self._noise_offsets[
-                _keras_compat.variable_index(self, run[0])]
-            flat = backend.step_normal(
-                (sum(variable_size(v) for v in run),), "float32",
-                self._seed_generator, self.iterations, start)
-            pieces += _cut(flat, run)
-        return pieces
+        stream, so the numbers do not depend on how the stream is drawn:
+        Keras' per-variable updates under a distribution draw the same
+        noise as a single device."""
+        start = self._noise_offsets[_keras_compat.variable_index(self, run[0])]
+        return backend.step_normal(
+            (sum(variable_size(v) for v in run),), "float32",
+            self._seed_generator, self.iterations, start)
 
     def update_step(self, gradient, variable, learning_rate):
         """Keras' per-variable hook, called by Keras itself only under a
@@ -596,18 +618,23 @@ class PosteriorOptimizer(keras.optimizers.Optimizer):
                                       finite)
             return
 
+        gradient_of = {id(v): g for g, v in zip(grads, variables)}
+        runs = self._update_runs(variables)
+
         def compute():
-            return [self._variable_update(gradient, variable, learning_rate,
-                                          noise)
-                    for gradient, variable, noise in zip(
-                        grads, variables, self._update_noise(variables))]
+            return [self._run_update([gradient_of[id(v)] for v in run], run,
+                                     learning_rate, self._run_noise(run))
+                    for run in runs]
 
         def keep():
-            return [self._current_values(variable) for variable in variables]
+            return [self._run_current_values(run) for run in runs]
 
-        new_values = backend.if_finite(finite, compute, keep)
-        for variable, (state, sample) in zip(variables, new_values):
-            self._write_state_and_sample(variable, state, sample)
+        # A run's new values leave the branch flat and are cut after it:
+        # a JAX `lax.cond` with an output per variable and slot made the
+        # compile of a 158-variable model slower than no runs at all.
+        for run, (state, sample) in zip(
+                runs, backend.if_finite(finite, compute, keep)):
+            self._write_run(run, state, sample)
 
     def _update_variable(self, gradient, variable, learning_rate, finite):
         """Update one variable, its noise drawn from the generator itself
@@ -626,11 +653,56 @@ class PosteriorOptimizer(keras.optimizers.Optimizer):
         index = _keras_compat.variable_index(self, variable)
         dtype = variable.dtype
         sample = ops.convert_to_tensor(variable)
-        state = self._read_state(index, sample)
+        state = self._stored_state(index)
         weight_decay, center = self._prior_terms(index, variable)
-        return self._next_state_and_sample(
+        return self._state_kernel(
             ops.cast(gradient, dtype), sample, state,
             ops.cast(learning_rate, dtype), weight_decay, center, noise)
+
+    def _run_update(self, grads, run, learning_rate, noise):
+        """(new state, next sample) of the variables of `run` (of one dtype
+        and weight decay, `_update_runs`) from one update of their
+        concatenation, with the flat unit noise `noise`: flat, or shaped
+        as the variable for a run of one; assigns nothing."""
+        if len(run) == 1:
+            return self._variable_update(grads[0], run[0], learning_rate,
+                                         _cut(noise, run)[0])
+        indices = [_keras_compat.variable_index(self, v) for v in run]
+        dtype = run[0].dtype
+        state = {name: flatten([slots[i] for i in indices])
+                 for name, slots in self._state.items()}
+        terms = [self._prior_terms(i, v) for i, v in zip(indices, run)]
+        weight_decay, center = terms[0]
+        if self._prior_slots is not None:
+            weight_decay = flatten([delta for delta, _ in terms])
+            center = flatten([centre for _, centre in terms])
+        return self._state_kernel(
+            flatten([ops.cast(g, dtype) for g in grads]), flatten(run),
+            state, ops.cast(learning_rate, dtype), weight_decay, center,
+            ops.cast(noise, dtype))
+
+    def _run_current_values(self, run):
+        """(state, sample) of the variables of `run` as they are, in the
+        layout of `_run_update`: what a skipped step writes back."""
+        if len(run) == 1:
+            return self._current_values(run[0])
+        indices = [_keras_compat.variable_index(self, v) for v in run]
+        return self._kept_group(
+            {name: flatten([self._state[name][i] for i in indices])
+             for name in self.state_names},
+            flatten(run))
+
+    def _write_run(self, run, state, sample):
+        """Assign the values of `_run_update` to the variables of `run`
+        and their slots."""
+        if len(run) == 1:
+            self._write_state_and_sample(run[0], state, sample)
+            return
+        indices = [_keras_compat.variable_index(self, v) for v in run]
+        backend.assign_flat(self.assign, run, sample)
+        for name, value in state.items():
+            backend.assign_flat(
+                self.assign, [self._state[name][i] for i in indices], value)
 
     def _current_values(self, variable):
         """(state, sample) of one variable as they are: what a skipped step
@@ -752,7 +824,6 @@ class PosteriorOptimizer(keras.optimizers.Optimizer):
                 name: flatten([slots[i] for i in indices])
                 for name, slots in self._state.items()
             }
-            state["mean"] = self._current_mean(state["mean"], sample)
             center = None
             if self._prior_slots:
                 weight_decay = flatten(
@@ -762,10 +833,10 @@ class PosteriorOptimizer(keras.optimizers.Optimizer):
             size = sum(variable_size(v) for v in targets)
             new_state, new_sample = self._group_update_unless_nonfinite(
                 finite,
-                lambda noise: self._next_state_and_sample(
+                lambda noise: self._state_kernel(
                     gradient, sample, state, ops.cast(learning_rate, dtype),
                     weight_decay, center, noise),
-                ({name: state[name] for name in self.state_names}, sample),
+                lambda: self._kept_group(state, sample),
                 (size,), dtype, group_start)
             group_start += size
             backend.assign_flat(self.assign, targets, new_sample)
@@ -774,10 +845,17 @@ class PosteriorOptimizer(keras.optimizers.Optimizer):
                     self.assign, [self._state[name][i] for i in indices],
                     value)
 
-    def _group_update_unless_nonfinite(self, finite, update, kept, shape,
+    def _kept_group(self, state, sample):
+        """(state, sample) of a flat group as they are, the mean the current
+        one: what a skipped step writes back."""
+        kept = {name: state[name] for name in self.state_names}
+        kept["mean"] = self._current_mean(kept["mean"], sample)
+        return kept, sample
+
+    def _group_update_unless_nonfinite(self, finite, update, keep, shape,
                                        dtype, start):
         """`update(noise)`, the (state, sample) of one flat group of `shape`
-        from its unit noise, where `finite` is True, else `kept`. The noise
+        from its unit noise, where `finite` is True, else `keep()`. The noise
         is numbers `start`, ... of the step's stream (`backend.step_normal`)
         or, for Keras' random ops, a draw from the generator."""
         if self._draws_backend_noise:
@@ -786,9 +864,9 @@ class PosteriorOptimizer(keras.optimizers.Optimizer):
                 lambda: update(backend.step_normal(
                     shape, dtype, self._seed_generator, self.iterations,
                     start)),
-                lambda: kept)
+                keep)
         return keep_if_finite(finite, *update(self._training_noise(
-            shape, dtype)), *kept)
+            shape, dtype)), *keep())
 
     def finalize_variable_values(self, var_list):
         """Write the posterior mean into the model (called at `fit` end)."""

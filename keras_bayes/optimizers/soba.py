@@ -195,7 +195,8 @@ class SOBA(MultiPassOptimizer, base.PosteriorOptimizer):
             `PosteriorOptimizer`.
         fused_update: bool or None, on a single device update all
             variables in one flat pass with one noise draw. Defaults to
-            None: True on the torch backend, False on the others.
+            None: on torch True for models of many small variables, else
+            False; see `PosteriorOptimizer`.
         **kwargs: `clipnorm`, `clipvalue`, `global_clipnorm`,
             `loss_scale_factor`, `gradient_accumulation_steps` and `name`,
             as for every `keras.optimizers.Optimizer`. `use_ema` is

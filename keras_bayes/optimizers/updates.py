@@ -10,6 +10,8 @@ import keras
 import numpy as np
 from keras import ops
 
+from keras_bayes import backend
+
 #: What a step does when a gradient holds NaN or Inf (`nonfinite_gradients`).
 NONFINITE_CHOICES = ("skip", "raise")
 
@@ -31,9 +33,9 @@ def all_finite(grads):
 
     `grads` may be nested (e.g. one gradient list per pass of a step).
 
-    Computed as isfinite(Σ_v |Σ_i 0·g_vi|): 0·g is NaN exactly where g is
-    NaN or ±Inf, so the total is NaN iff some entry is not finite (no
-    overflow: every other term is 0). This shape of the test keeps compiled
+    Computed as isfinite(Σ_v |c_v|), c_v = `backend.nan_unless_finite(g_v)`
+    (Σ_i 0·g_vi, or 0·max + 0·min on torch): NaN iff some entry of g_v is
+    NaN or ±Inf, else 0 (no overflow). This shape of the test keeps compiled
     steps small: one reduction per variable, and one over the stacked
     per-variable results that XLA keeps as its own kernel. The direct
     `all(stack([all(isfinite(g)) ...]))` is simplified by XLA into a chain
@@ -41,7 +43,7 @@ def all_finite(grads):
     update reading the flag (V² work: most of a many-variable model's
     compile time on JAX).
     """
-    checks = [ops.sum(ops.multiply(g, 0.0)) for g in keras.tree.flatten(grads)
+    checks = [backend.nan_unless_finite(g) for g in keras.tree.flatten(grads)
               if g is not None]
     if not checks:
         return ops.convert_to_tensor(True)

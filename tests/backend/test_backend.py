@@ -1,6 +1,8 @@
 """The per-backend pieces of `keras_bayes.backend` that decide speed: the
-skip of a step with non-finite gradients (`if_finite`) and the default of
-`fused_update` (`fuse_updates_by_default`)."""
+skip of a step with non-finite gradients (`if_finite`, `nan_unless_finite`),
+the default of `fused_update` (`fuse_updates_by_default`), torch's compiled
+update (`elementwise_kernel`), and the runs of small variables updated
+together (`PosteriorOptimizer._update_runs`)."""
 
 import keras
 import numpy as np
@@ -8,6 +10,7 @@ import pytest
 
 from keras_bayes import backend
 from keras_bayes.optimizers import SOBA
+from keras_bayes.optimizers import base
 
 BACKEND = keras.backend.backend()
 
@@ -89,3 +92,122 @@ def test_compiled_backends_update_per_variable_by_default():
     optimizer = SOBA(0.1, ess=10.0)
     optimizer.build(_dense_variables([(30, 30)] * 8))
     assert not optimizer._fuse
+
+
+def test_nan_unless_finite_flags_exactly_the_nonfinite_tensors():
+    """NaN for a NaN, +Inf or -Inf entry; 0 otherwise, also for entries
+    near the float32 limit (no overflow) and for an empty tensor."""
+    def probe(values):
+        return float(keras.ops.convert_to_numpy(backend.nan_unless_finite(
+            keras.ops.convert_to_tensor(np.asarray(values, "float32")))))
+
+    assert probe([[1.0, -2.0], [3e38, -3e38]]) == 0.0
+    assert probe(np.zeros((0,))) == 0.0
+    for bad in (np.nan, np.inf, -np.inf):
+        values = np.ones((4, 5), "float32")
+        values[2, 3] = bad
+        assert np.isnan(probe(values))
+
+
+def test_update_runs_group_consecutive_small_variables_of_one_kind():
+    """Small variables run together while they are consecutive in the
+    model, of one dtype and weight decay; a large one is always alone."""
+    small, large = (10,), (base.SEPARATE_UPDATE_MIN_ENTRIES,)
+    variables = _dense_variables([small, small, large, small, small, small])
+    position = {id(v): i for i, v in enumerate(variables)}
+
+    def index(variable):
+        return position[id(variable)]
+
+    def positions(runs):
+        return [[index(v) for v in run] for run in runs]
+
+    kinds = {id(v): "a" for v in variables}
+    kinds[id(variables[5])] = "b"
+    runs = base._update_runs(variables, index, lambda v: kinds[id(v)])
+    assert positions(runs) == [[0, 1], [2], [3, 4], [5]]
+    # Not consecutive in the model (a variable without a gradient between).
+    runs = base._update_runs([variables[i] for i in (0, 1, 3)], index,
+                             lambda v: "a")
+    assert positions(runs) == [[0, 1], [3]]
+
+
+needs_torch = pytest.mark.skipif(BACKEND != "torch",
+                                 reason="torch's compiled update")
+
+
+@needs_torch
+def test_torch_kernel_compiles_large_inputs_and_matches_eager(monkeypatch):
+    """Above `COMPILE_MIN_ENTRIES` the kernel runs through torch.compile,
+    flattened: the same values, in the shapes given."""
+    import torch
+
+    from keras_bayes.backend import torch as torch_backend
+
+    calls = []
+
+    def update(x, state, scale):
+        calls.append(torch.compiler.is_compiling())
+        return {"y": torch.where(x > 0, x * scale, state["z"])}, x.sum()
+
+    kernel = backend.elementwise_kernel(update)
+    x = torch.randn(40, 30)
+    state = {"z": torch.randn(40, 30)}
+    expected = update(x, state, 2.0)
+    monkeypatch.setattr(torch_backend, "COMPILE_MIN_ENTRIES", 1000)
+    calls.clear()
+    new, total = kernel(x, state, 2.0)
+    assert calls == [True]  # traced by dynamo, not run eagerly
+    assert tuple(new["y"].shape) == (40, 30)
+    torch.testing.assert_close(new["y"], expected[0]["y"])
+    torch.testing.assert_close(total, expected[1])
+    calls.clear()
+    kernel(x[:10], {"z": state["z"][:10]}, 2.0)  # below the threshold
+    assert calls == [False]
+
+
+@needs_torch
+def test_torch_kernel_runs_eagerly_when_compiling_fails(monkeypatch):
+    """No C++ compiler (or another compiler failure): one warning, then the
+    eager function, with the same result."""
+    import torch
+
+    from keras_bayes.backend import torch as torch_backend
+
+    def broken_compile(function, **kwargs):
+        def compiled(*args):
+            raise RuntimeError("no C++ compiler")
+        return compiled
+
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    monkeypatch.setattr(torch_backend, "COMPILE_MIN_ENTRIES", 10)
+    kernel = backend.elementwise_kernel(lambda x: x * 3.0)
+    x = torch.arange(20.0)
+    with pytest.warns(UserWarning, match="torch.compile failed"):
+        torch.testing.assert_close(kernel(x), x * 3.0)
+    torch.testing.assert_close(kernel(x), x * 3.0)  # no second warning
+
+
+@needs_torch
+def test_torch_compiled_soba_steps_match_eager_ones(monkeypatch):
+    """SOBA's update through torch.compile (every kernel compiled: the
+    threshold set to 0) against the eager one, same seed, three steps."""
+    from keras_bayes.backend import torch as torch_backend
+
+    def run():
+        rng = np.random.default_rng(0)
+        variables = [keras.Variable(rng.normal(size=s).astype("float32"))
+                     for s in ((20, 30), (30,), (7,))]
+        optimizer = SOBA(0.05, ess=200.0, hess_init=0.3, seed=3)
+        for _ in range(3):
+            grads = [rng.normal(size=tuple(v.shape)).astype("float32")
+                     for v in variables]
+            optimizer.apply_gradients(zip(grads, variables))
+        return ([keras.ops.convert_to_numpy(v) for v in variables]
+                + optimizer.posterior_mean() + optimizer.posterior_std())
+
+    eager = run()
+    monkeypatch.setattr(torch_backend, "COMPILE_MIN_ENTRIES", 0)
+    compiled = run()
+    for a, b in zip(eager, compiled):
+        np.testing.assert_allclose(a, b, rtol=2e-5, atol=1e-6)

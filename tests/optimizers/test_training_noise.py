@@ -18,10 +18,13 @@ N = 200_000
 CORRELATION_BOUND = 5.0 / np.sqrt(N)
 
 # The generator is written in `keras.ops` (keras_bayes/backend/common.py);
-# torch lacks the uint32 arithmetic it needs and draws with Keras.
+# torch lacks the uint32 arithmetic it needs: it draws the update's stream
+# in int32 (keras_bayes/backend/torch.py, checked by
+# `test_step_noise_matches_a_numpy_derivation`) and its other noise with
+# Keras.
 on_counter = pytest.mark.skipif(
     keras.backend.backend() not in ("jax", "tensorflow"),
-    reason="the counter-based generator is JAX's and TensorFlow's")
+    reason="`common`'s counter-based generator is JAX's and TensorFlow's")
 
 
 def _lowbias32_numpy(x):
@@ -34,7 +37,7 @@ def _lowbias32_numpy(x):
     return x ^ (x >> np.uint64(16))
 
 
-def _counter_bits_numpy(size, seed):
+def _counter_bits_numpy(size, seed, start=0):
     """The generator's words re-derived in NumPy (uint64 arithmetic masked
     to 32 bits), from its definition in keras_bayes/backend/common.py."""
     golden, mask = 0x9E3779B9, 0xFFFFFFFF
@@ -44,7 +47,7 @@ def _counter_bits_numpy(size, seed):
 
     first = hash_(hash_(seed[0] + golden) + seed[1])
     second = hash_(first ^ golden)
-    counter = np.arange(size, dtype=np.uint64)
+    counter = np.arange(start, start + size, dtype=np.uint64)
     return _lowbias32_numpy(
         (_lowbias32_numpy(counter ^ np.uint64(first)) + np.uint64(second))
         & np.uint64(mask))
@@ -199,8 +202,51 @@ def test_inverse_cdf_matches_scipy_on_every_cell():
     np.testing.assert_allclose(z, reference, rtol=1e-6, atol=1e-7)
 
 
+def test_step_noise_matches_a_numpy_derivation():
+    """The update noise of every backend (`backend.step_normal`; torch's
+    own int32 version of the generator, compiled from
+    `NOISE_COMPILE_MIN_ENTRIES` numbers): number k of step t's stream is
+    √2·erfinv(u) of word k of the key [seed ^ 0x5851F42D, t], u the centre
+    of the word's 24-bit cell, re-derived here in NumPy and SciPy. A range
+    drawn alone, small or large, equals the same range of a larger draw
+    (on torch to rounding: an eager draw and a compiled one may round the
+    last bit differently)."""
+    from scipy.special import erfinv
+
+    seed, step = 11, 5
+    generator = keras.random.SeedGenerator(seed)
+    key = [seed ^ 0x5851F42D, step]
+    for size, start in ((6000, 0), (100, 40), (5000, 300)):
+        z = keras.ops.convert_to_numpy(backend.step_normal(
+            (size,), "float32", generator, step, start)).astype(np.float64)
+        cells = _counter_bits_numpy(size, key, start) >> np.uint64(8)
+        u = (2.0 * cells.astype(np.float64) + 1.0) / 2**24 - 1.0
+        np.testing.assert_allclose(z, np.sqrt(2.0) * erfinv(u), rtol=1e-6,
+                                   atol=1e-6)
+    whole = keras.ops.convert_to_numpy(backend.step_normal(
+        (6000,), "float32", generator, step, 0))
+    for size, start in ((100, 40), (5000, 300)):
+        part = keras.ops.convert_to_numpy(backend.step_normal(
+            (size,), "float32", generator, step, start))
+        if keras.backend.backend() == "torch":
+            np.testing.assert_allclose(part, whole[start:start + size],
+                                       rtol=1e-6, atol=1e-7)
+        else:
+            np.testing.assert_array_equal(part, whole[start:start + size])
+    # The generator is read, not advanced; another step, other numbers.
+    again = keras.ops.convert_to_numpy(backend.step_normal(
+        (6000,), "float32", generator, step, 0))
+    np.testing.assert_array_equal(again, whole)
+    other = keras.ops.convert_to_numpy(backend.step_normal(
+        (6000,), "float32", generator, step + 1, 0))
+    assert np.mean(other == whole) < 0.01
+
+
 def test_counter_bits_refuse_a_draw_beyond_the_counter():
     """A 32-bit counter would repeat numbers: the size is refused, naming
     the limit and what to do."""
     with pytest.raises(ValueError, match="limited to 2147483647 numbers"):
         common.counter_bits(2**31, np.asarray([0, 0], dtype="uint32"))
+    with pytest.raises(ValueError, match="limited to 2147483647 numbers"):
+        backend.step_normal((2**20,), "float32",
+                            keras.random.SeedGenerator(1), 0, 2**31 - 10)
