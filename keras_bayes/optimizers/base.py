@@ -814,36 +814,18 @@ class PosteriorOptimizer(keras.optimizers.Optimizer):
             groups.setdefault(key, []).append((gradient, variable))
         # The groups take consecutive ranges of the step's noise stream.
         group_start = 0
-        for (dtype, weight_decay), members in groups.items():
-            indices = [_keras_compat.variable_index(self, v)
-                       for _, v in members]
-            targets = [v for _, v in members]
-            sample = flatten(targets)
-            gradient = flatten([ops.cast(g, dtype) for g, _ in members])
-            state = {
-                name: flatten([slots[i] for i in indices])
-                for name, slots in self._state.items()
-            }
-            center = None
-            if self._prior_slots:
-                weight_decay = flatten(
-                    [self._prior_slots["precision"][i] for i in indices])
-                center = flatten(
-                    [self._prior_slots["mean"][i] for i in indices])
-            size = sum(variable_size(v) for v in targets)
+        for (dtype, _), members in groups.items():
+            run = [v for _, v in members]
+            run_grads = [g for g, _ in members]
+            size = sum(variable_size(v) for v in run)
             new_state, new_sample = self._group_update_unless_nonfinite(
                 finite,
-                lambda noise: self._state_kernel(
-                    gradient, sample, state, ops.cast(learning_rate, dtype),
-                    weight_decay, center, noise),
-                lambda: self._kept_group(state, sample),
+                lambda noise: self._run_update(run_grads, run, learning_rate,
+                                               noise),
+                lambda: self._run_current_values(run),
                 (size,), dtype, group_start)
             group_start += size
-            backend.assign_flat(self.assign, targets, new_sample)
-            for name, value in new_state.items():
-                backend.assign_flat(
-                    self.assign, [self._state[name][i] for i in indices],
-                    value)
+            self._write_run(run, new_state, new_sample)
 
     def _kept_group(self, state, sample):
         """(state, sample) of a flat group as they are, the mean the current
