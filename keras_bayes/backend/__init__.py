@@ -21,7 +21,8 @@ calls `keras_bayes.backend.<function>` and holds no backend branches.
 - `standard_normal(shape, dtype, seed)`: the training noise, N(0, 1) from
   one seed of a `SeedGenerator` (`common.counter_normal`, counter-based, on
   JAX and TensorFlow, where the default generators were most of a
-  posterior step on a CPU; `keras.random.normal` elsewhere).
+  posterior step on a CPU; torch draws the same stream in int32, compiled
+  for large draws; `keras.random.normal` on other backends).
 - `step_normal(shape, dtype, generator, step, start)`: the update noise
   of a training step, numbers `start`, ... of the step's stream
   (counter-based, so a range can be drawn alone, and the generator is

@@ -1,6 +1,6 @@
 """Statistics of the training noise: the backend's generator
-(`keras_bayes.backend.standard_normal`: counter-based on JAX and TensorFlow,
-Keras' own elsewhere) and the noise a posterior optimizer puts into its
+(`keras_bayes.backend.standard_normal`: counter-based on JAX, TensorFlow and
+torch, Keras' own on other backends) and the noise a posterior optimizer puts into its
 samples, over parameters, variables, steps and seeds."""
 
 import keras
@@ -18,10 +18,10 @@ N = 200_000
 CORRELATION_BOUND = 5.0 / np.sqrt(N)
 
 # The generator is written in `keras.ops` (keras_bayes/backend/common.py);
-# torch lacks the uint32 arithmetic it needs: it draws the update's stream
-# in int32 (keras_bayes/backend/torch.py, checked by
-# `test_step_noise_matches_a_numpy_derivation`) and its other noise with
-# Keras.
+# torch lacks the uint32 arithmetic it needs and draws the same streams in
+# int32 (keras_bayes/backend/torch.py, checked against NumPy by
+# `test_step_noise_matches_a_numpy_derivation` and
+# `test_training_noise_matches_a_numpy_derivation`).
 on_counter = pytest.mark.skipif(
     keras.backend.backend() not in ("jax", "tensorflow"),
     reason="`common`'s counter-based generator is JAX's and TensorFlow's")
@@ -240,6 +240,24 @@ def test_step_noise_matches_a_numpy_derivation():
     other = keras.ops.convert_to_numpy(backend.step_normal(
         (6000,), "float32", generator, step + 1, 0))
     assert np.mean(other == whole) < 0.01
+
+
+def test_training_noise_matches_a_numpy_derivation():
+    """The other training noise (`backend.standard_normal`: the extra
+    samples of bSAM and `mc_samples`, the Lie-group rules' Gaussian): the
+    n-th draw of a `SeedGenerator(s)` is the stream of the key [s, n],
+    re-derived in NumPy and SciPy, on every backend (torch in its own
+    int32 code, compiled for the larger draw)."""
+    from scipy.special import erfinv
+
+    generator = keras.random.SeedGenerator(7)
+    for draw, size in enumerate((6000, 300)):
+        z = keras.ops.convert_to_numpy(backend.standard_normal(
+            (size,), "float32", generator)).astype(np.float64)
+        cells = _counter_bits_numpy(size, [7, draw]) >> np.uint64(8)
+        u = (2.0 * cells.astype(np.float64) + 1.0) / 2**24 - 1.0
+        np.testing.assert_allclose(z, np.sqrt(2.0) * erfinv(u), rtol=1e-6,
+                                   atol=1e-6)
 
 
 def test_counter_bits_refuse_a_draw_beyond_the_counter():
