@@ -687,10 +687,11 @@ class PosteriorOptimizer(keras.optimizers.Optimizer):
         if len(run) == 1:
             return self._current_values(run[0])
         indices = [_keras_compat.variable_index(self, v) for v in run]
-        return self._kept_group(
-            {name: flatten([self._state[name][i] for i in indices])
-             for name in self.state_names},
-            flatten(run))
+        sample = flatten(run)
+        kept = {name: flatten([self._state[name][i] for i in indices])
+                for name in self.state_names}
+        kept["mean"] = self._current_mean(kept["mean"], sample)
+        return kept, sample
 
     def _write_run(self, run, state, sample):
         """Assign the values of `_run_update` to the variables of `run`
@@ -826,13 +827,6 @@ class PosteriorOptimizer(keras.optimizers.Optimizer):
                 (size,), dtype, group_start)
             group_start += size
             self._write_run(run, new_state, new_sample)
-
-    def _kept_group(self, state, sample):
-        """(state, sample) of a flat group as they are, the mean the current
-        one: what a skipped step writes back."""
-        kept = {name: state[name] for name in self.state_names}
-        kept["mean"] = self._current_mean(kept["mean"], sample)
-        return kept, sample
 
     def _group_update_unless_nonfinite(self, finite, update, keep, shape,
                                        dtype, start):

@@ -1,7 +1,7 @@
 """Statistics of the training noise: the backend's generator
 (`keras_bayes.backend.standard_normal`: counter-based on JAX, TensorFlow and
-torch, Keras' own on other backends) and the noise a posterior optimizer puts into its
-samples, over parameters, variables, steps and seeds."""
+torch, Keras' own on other backends) and the noise a posterior optimizer puts
+into its samples, over parameters, variables, steps and seeds."""
 
 import keras
 import numpy as np
@@ -51,6 +51,16 @@ def _counter_bits_numpy(size, seed, start=0):
     return _lowbias32_numpy(
         (_lowbias32_numpy(counter ^ np.uint64(first)) + np.uint64(second))
         & np.uint64(mask))
+
+
+def _expected_normal(size, key, start=0):
+    """√2·erfinv(u) (SciPy, float64) of the words `start`, ... of the key's
+    stream, u the centre of each word's 24-bit cell."""
+    from scipy.special import erfinv
+
+    cells = _counter_bits_numpy(size, key, start) >> np.uint64(8)
+    u = (2.0 * cells.astype(np.float64) + 1.0) / 2**24 - 1.0
+    return np.sqrt(2.0) * erfinv(u)
 
 
 def _draw(generator, shape=(N,)):
@@ -211,18 +221,14 @@ def test_step_noise_matches_a_numpy_derivation():
     drawn alone, small or large, equals the same range of a larger draw
     (on torch to rounding: an eager draw and a compiled one may round the
     last bit differently)."""
-    from scipy.special import erfinv
-
     seed, step = 11, 5
     generator = keras.random.SeedGenerator(seed)
     key = [seed ^ 0x5851F42D, step]
     for size, start in ((6000, 0), (100, 40), (5000, 300)):
         z = keras.ops.convert_to_numpy(backend.step_normal(
             (size,), "float32", generator, step, start)).astype(np.float64)
-        cells = _counter_bits_numpy(size, key, start) >> np.uint64(8)
-        u = (2.0 * cells.astype(np.float64) + 1.0) / 2**24 - 1.0
-        np.testing.assert_allclose(z, np.sqrt(2.0) * erfinv(u), rtol=1e-6,
-                                   atol=1e-6)
+        np.testing.assert_allclose(z, _expected_normal(size, key, start),
+                                   rtol=1e-6, atol=1e-6)
     whole = keras.ops.convert_to_numpy(backend.step_normal(
         (6000,), "float32", generator, step, 0))
     for size, start in ((100, 40), (5000, 300)):
@@ -248,16 +254,12 @@ def test_training_noise_matches_a_numpy_derivation():
     n-th draw of a `SeedGenerator(s)` is the stream of the key [s, n],
     re-derived in NumPy and SciPy, on every backend (torch in its own
     int32 code, compiled for the larger draw)."""
-    from scipy.special import erfinv
-
     generator = keras.random.SeedGenerator(7)
     for draw, size in enumerate((6000, 300)):
         z = keras.ops.convert_to_numpy(backend.standard_normal(
             (size,), "float32", generator)).astype(np.float64)
-        cells = _counter_bits_numpy(size, [7, draw]) >> np.uint64(8)
-        u = (2.0 * cells.astype(np.float64) + 1.0) / 2**24 - 1.0
-        np.testing.assert_allclose(z, np.sqrt(2.0) * erfinv(u), rtol=1e-6,
-                                   atol=1e-6)
+        np.testing.assert_allclose(z, _expected_normal(size, [7, draw]),
+                                   rtol=1e-6, atol=1e-6)
 
 
 def test_counter_bits_refuse_a_draw_beyond_the_counter():
