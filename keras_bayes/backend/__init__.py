@@ -40,7 +40,10 @@ calls `keras_bayes.backend.<function>` and holds no backend branches.
 - `elementwise_kernel(function)`: an elementwise function of tensors (the
   update of one variable or run) as the backend runs it best (torch:
   `torch.compile` from 250 k weights per call, eager where compiling
-  fails; elsewhere the function itself, compiled with the step).
+  fails, writing its result into the variables given as `out=`; elsewhere
+  the function itself, compiled with the step).
+- `flatten(tensors)`: tensors or variables as one 1-D concatenation (the
+  flat update of a run or group; torch: one `torch.cat`).
 """
 
 import keras

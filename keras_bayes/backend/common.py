@@ -10,7 +10,7 @@ import numpy as np
 from keras import ops
 
 __all__ = ["agree_across_replicas", "assign_flat", "compile_function",
-           "elementwise_kernel", "fuse_updates_by_default",
+           "elementwise_kernel", "flatten", "fuse_updates_by_default",
            "nan_unless_finite", "if_finite", "optimizer_state_detached",
            "raise_unless", "single_device", "standard_normal", "step_normal"]
 
@@ -39,6 +39,12 @@ def assign_flat(assign, variables, flat):
         assign(variable, ops.reshape(flat[offset:offset + size],
                                      tuple(variable.shape)))
         offset += size
+
+
+def flatten(tensors):
+    """The tensors (or variables) reshaped to 1-D and concatenated."""
+    return ops.concatenate(
+        [ops.reshape(ops.convert_to_tensor(t), (-1,)) for t in tensors], 0)
 
 
 def nan_unless_finite(tensor):
@@ -91,8 +97,13 @@ def compile_function(python_function, num_entries):
 
 def elementwise_kernel(function):
     """`function` as it is: where the step or the update is compiled (JAX,
-    TensorFlow), an elementwise function is fused as part of it."""
-    return function
+    TensorFlow), an elementwise function is fused as part of it. The
+    kernel takes `out=`, the variables its result will be assigned to,
+    where a backend can write them in place (torch); here it is unused."""
+    def kernel(*args, out=None):
+        return function(*args)
+
+    return kernel
 
 
 # ----------------------------------------------------------------------

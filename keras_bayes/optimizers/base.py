@@ -17,7 +17,7 @@ The module is split by job:
 
 - `keras_bayes._validation`: argument checks (re-exported here);
 - `keras_bayes.optimizers.updates`: pure tensor functions of a step
-  (finiteness, the centred prior, flattening for the fused path);
+  (finiteness, skipping a bad step, the centred prior);
 - `keras_bayes.optimizers.prior`: the `prior=` argument and its slot values;
 - `keras_bayes.backend`: the per-backend pieces (fused copies, raising from
   a compiled step, replica agreement), chosen once;
@@ -46,7 +46,6 @@ from keras_bayes.optimizers.prior import prior_slot_values
 from keras_bayes.optimizers.updates import NONFINITE_CHOICES
 from keras_bayes.optimizers.updates import all_finite
 from keras_bayes.optimizers.updates import centred_update
-from keras_bayes.optimizers.updates import flatten
 from keras_bayes.optimizers.updates import keep_if_finite
 from keras_bayes.optimizers.updates import poison_unless
 from keras_bayes.optimizers.updates import variable_size
@@ -623,7 +622,8 @@ class PosteriorOptimizer(keras.optimizers.Optimizer):
 
         def compute():
             return [self._run_update([gradient_of[id(v)] for v in run], run,
-                                     learning_rate, self._run_noise(run))
+                                     learning_rate, self._run_noise(run),
+                                     in_place=True)
                     for run in runs]
 
         def keep():
@@ -647,37 +647,49 @@ class PosteriorOptimizer(keras.optimizers.Optimizer):
             state, sample)
         self._write_state_and_sample(variable, new_state, new_sample)
 
-    def _variable_update(self, gradient, variable, learning_rate, noise):
+    def _variable_update(self, gradient, variable, learning_rate, noise,
+                         in_place=False):
         """(new state, next sample) of one variable, with the unit base
-        noise `noise`; assigns nothing."""
+        noise `noise`. With `in_place`, the backend may write them into the
+        variable and its slots already (torch, `backend.elementwise_kernel`):
+        only where they are assigned anyway, and nothing reads the old
+        values after; else it assigns nothing."""
         index = _keras_compat.variable_index(self, variable)
         dtype = variable.dtype
         sample = ops.convert_to_tensor(variable)
         state = self._stored_state(index)
         weight_decay, center = self._prior_terms(index, variable)
+        targets = None
+        if in_place:
+            targets = ({name: self._state[name][index]
+                        for name in self.state_names}, variable)
         return self._state_kernel(
             ops.cast(gradient, dtype), sample, state,
-            ops.cast(learning_rate, dtype), weight_decay, center, noise)
+            ops.cast(learning_rate, dtype), weight_decay, center, noise,
+            out=targets)
 
-    def _run_update(self, grads, run, learning_rate, noise):
+    def _run_update(self, grads, run, learning_rate, noise, in_place):
         """(new state, next sample) of the variables of `run` (of one dtype
         and weight decay, `_update_runs`) from one update of their
         concatenation, with the flat unit noise `noise`: flat, or shaped
-        as the variable for a run of one; assigns nothing."""
+        as the variable for a run of one, which with `in_place` the backend
+        may already have written (`_variable_update`: in a branch of
+        `backend.if_finite`, which runs alone and is then assigned)."""
         if len(run) == 1:
             return self._variable_update(grads[0], run[0], learning_rate,
-                                         _cut(noise, run)[0])
+                                         _cut(noise, run)[0], in_place)
         indices = [_keras_compat.variable_index(self, v) for v in run]
         dtype = run[0].dtype
-        state = {name: flatten([slots[i] for i in indices])
+        state = {name: backend.flatten([slots[i] for i in indices])
                  for name, slots in self._state.items()}
         terms = [self._prior_terms(i, v) for i, v in zip(indices, run)]
         weight_decay, center = terms[0]
         if self._prior_slots is not None:
-            weight_decay = flatten([delta for delta, _ in terms])
-            center = flatten([centre for _, centre in terms])
+            weight_decay = backend.flatten([delta for delta, _ in terms])
+            center = backend.flatten([centre for _, centre in terms])
         return self._state_kernel(
-            flatten([ops.cast(g, dtype) for g in grads]), flatten(run),
+            backend.flatten([ops.cast(g, dtype) for g in grads]),
+            backend.flatten(run),
             state, ops.cast(learning_rate, dtype), weight_decay, center,
             ops.cast(noise, dtype))
 
@@ -687,8 +699,9 @@ class PosteriorOptimizer(keras.optimizers.Optimizer):
         if len(run) == 1:
             return self._current_values(run[0])
         indices = [_keras_compat.variable_index(self, v) for v in run]
-        sample = flatten(run)
-        kept = {name: flatten([self._state[name][i] for i in indices])
+        sample = backend.flatten(run)
+        kept = {name: backend.flatten([self._state[name][i]
+                                       for i in indices])
                 for name in self.state_names}
         kept["mean"] = self._current_mean(kept["mean"], sample)
         return kept, sample
@@ -821,8 +834,9 @@ class PosteriorOptimizer(keras.optimizers.Optimizer):
             size = sum(variable_size(v) for v in run)
             new_state, new_sample = self._group_update_unless_nonfinite(
                 finite,
-                lambda noise: self._run_update(run_grads, run, learning_rate,
-                                               noise),
+                lambda noise: self._run_update(
+                    run_grads, run, learning_rate, noise,
+                    in_place=self._draws_backend_noise),
                 lambda: self._run_current_values(run),
                 (size,), dtype, group_start)
             group_start += size

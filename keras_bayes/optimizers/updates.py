@@ -21,13 +21,6 @@ def variable_size(variable):
     return int(np.prod(tuple(variable.shape), dtype=np.int64))
 
 
-def flatten(tensors):
-    """The tensors reshaped to 1-D and concatenated."""
-    return ops.concatenate(
-        [ops.reshape(ops.convert_to_tensor(t), (-1,)) for t in tensors], 0
-    )
-
-
 def all_finite(grads):
     """A boolean scalar: every entry of every (non-None) gradient is finite.
 

@@ -189,25 +189,86 @@ def test_torch_kernel_runs_eagerly_when_compiling_fails(monkeypatch):
 
 
 @needs_torch
-def test_torch_compiled_soba_steps_match_eager_ones(monkeypatch):
-    """SOBA's update through torch.compile (every kernel compiled: the
-    threshold set to 0) against the eager one, same seed, three steps."""
+def test_torch_kernel_writes_its_result_into_out(monkeypatch):
+    """`out=`: a compiled call stores the result in the given variables
+    (no fresh tensors, no copy after) and returns their tensors; an eager
+    call returns fresh tensors and leaves the variables alone."""
+    import torch
+
     from keras_bayes.backend import torch as torch_backend
 
-    def run():
-        rng = np.random.default_rng(0)
-        variables = [keras.Variable(rng.normal(size=s).astype("float32"))
-                     for s in ((20, 30), (30,), (7,))]
-        optimizer = SOBA(0.05, ess=200.0, hess_init=0.3, seed=3)
-        for _ in range(3):
-            grads = [rng.normal(size=tuple(v.shape)).astype("float32")
-                     for v in variables]
-            optimizer.apply_gradients(zip(grads, variables))
-        return ([keras.ops.convert_to_numpy(v) for v in variables]
-                + optimizer.posterior_mean() + optimizer.posterior_std())
+    def update(x, state):
+        return {"z": state["z"] + x}, x * 2.0
 
-    eager = run()
+    kernel = backend.elementwise_kernel(update)
+    x = torch.randn(40, 30)
+    z, sample = keras.Variable(np.ones((40, 30), "float32")), \
+        keras.Variable(np.zeros((40, 30), "float32"))
+    storages = [z.value.data_ptr(), sample.value.data_ptr()]
+    monkeypatch.setattr(torch_backend, "COMPILE_MIN_ENTRIES", 1000)
+    new, doubled = kernel(x, {"z": z.value}, out=({"z": z}, sample))
+    assert new["z"] is z.value and doubled is sample.value
+    assert [z.value.data_ptr(), sample.value.data_ptr()] == storages
+    torch.testing.assert_close(z.value, 1.0 + x)
+    torch.testing.assert_close(sample.value, x * 2.0)
+    monkeypatch.setattr(torch_backend, "COMPILE_MIN_ENTRIES", 10**6)
+    before = z.value.clone()
+    new, doubled = kernel(x, {"z": z.value}, out=({"z": z}, sample))
+    torch.testing.assert_close(new["z"], before + x)
+    torch.testing.assert_close(z.value, before)  # unchanged
+
+
+def _steps_with_a_bad_one(optimizer_class, **kwargs):
+    """Three steps of `optimizer_class` on three variables, the second with
+    a NaN gradient: the variables, the posterior mean and std after."""
+    rng = np.random.default_rng(0)
+    variables = [keras.Variable(rng.normal(size=s).astype("float32"))
+                 for s in ((20, 30), (30,), (7,))]
+    optimizer = optimizer_class(**kwargs)
+    for step in range(3):
+        grads = [rng.normal(size=tuple(v.shape)).astype("float32")
+                 for v in variables]
+        if step == 1:
+            grads[0][3, 4] = np.nan
+        optimizer.apply_gradients(zip(grads, variables))
+    assert optimizer.nonfinite_steps == 1
+    return ([keras.ops.convert_to_numpy(v) for v in variables]
+            + optimizer.posterior_mean() + optimizer.posterior_std())
+
+
+@needs_torch
+@pytest.mark.parametrize("alone", [False, True],
+                         ids=["one-run", "each-variable-alone"])
+def test_torch_compiled_soba_steps_match_eager_ones(monkeypatch, alone):
+    """SOBA's update through torch.compile (every kernel compiled: the
+    threshold set to 0) against the eager one, same seed, three steps, the
+    second skipped for a NaN gradient. Variables updated alone are written
+    in place by the compiled kernel (`out=`): the skipped step must still
+    leave them as they were."""
+    from keras_bayes.backend import torch as torch_backend
+
+    if alone:
+        monkeypatch.setattr(base, "SEPARATE_UPDATE_MIN_ENTRIES", 1)
+    settings = dict(learning_rate=0.05, ess=200.0, hess_init=0.3, seed=3)
+    eager = _steps_with_a_bad_one(SOBA, **settings)
     monkeypatch.setattr(torch_backend, "COMPILE_MIN_ENTRIES", 0)
-    compiled = run()
+    compiled = _steps_with_a_bad_one(SOBA, **settings)
+    for a, b in zip(eager, compiled):
+        np.testing.assert_allclose(a, b, rtol=2e-5, atol=1e-6)
+
+
+@needs_torch
+def test_torch_compiled_rules_with_keras_noise_skip_bad_steps(monkeypatch):
+    """The rules whose noise is Keras' (the Lie group's) select the kept
+    values after computing the new ones (`keep_if_finite`): their compiled
+    kernel must not write in place. Compiled against eager, a NaN step in
+    between."""
+    from keras_bayes.backend import torch as torch_backend
+    from keras_bayes.optimizers import LieAdditive
+
+    settings = dict(learning_rate=0.1, noise_scale=0.01, seed=3)
+    eager = _steps_with_a_bad_one(LieAdditive, **settings)
+    monkeypatch.setattr(torch_backend, "COMPILE_MIN_ENTRIES", 0)
+    compiled = _steps_with_a_bad_one(LieAdditive, **settings)
     for a, b in zip(eager, compiled):
         np.testing.assert_allclose(a, b, rtol=2e-5, atol=1e-6)
