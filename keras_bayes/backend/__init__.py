@@ -11,9 +11,10 @@ calls `keras_bayes.backend.<function>` and holds no backend branches.
   equal on every replica of a `tf.distribute` strategy.
 - `raise_unless(finite, message)`: raise `FloatingPointError` (or the
   backend's equivalent) from inside a training step when `finite` is False.
-- `assign_flat(assign, variables, flat)`: write consecutive pieces of the
-  1-D tensor `flat` into `variables` (`assign(variable, value)` is the
-  optimizer's `assign`).
+- `assign_flat(assign, writes)`: for each `(variables, flat)` of
+  `writes`, write consecutive pieces of the 1-D tensor `flat` into
+  `variables` (`assign(variable, value)` is the optimizer's `assign`;
+  torch: one `_foreach_copy_` for all).
 - `fuse_updates_by_default()`: whether `PosteriorOptimizer` updates all
   variables in one flat pass when `fused_update` is None.
 - `optimizer_state_detached(variables)`: True while the trainer holds the
@@ -28,8 +29,11 @@ calls `keras_bayes.backend.<function>` and holds no backend branches.
   (counter-based, so a range can be drawn alone, and the generator is
   read, not advanced; torch draws the same stream in int32, compiled for
   large draws; other backends: a fresh draw from the generator).
+- `all_finite(tensors)`: the step's finiteness check, a boolean scalar
+  (one reduction per tensor and one over their results; torch: the
+  tensors' max and min).
 - `nan_unless_finite(tensor)`: NaN if `tensor` has a non-finite entry,
-  else 0 (the per-variable term of the step's finiteness check).
+  else 0 (the per-tensor term of `common.all_finite`).
 - `if_finite(finite, compute, keep)`: `compute()` if the step's gradients
   are finite, else `keep()` (JAX: one `lax.cond`; torch: a Python
   branch; elsewhere an entry-by-entry select).

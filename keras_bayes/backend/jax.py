@@ -4,6 +4,7 @@ import jax
 
 from keras_bayes import _keras_compat
 from keras_bayes.backend.common import agree_across_replicas  # noqa: F401
+from keras_bayes.backend.common import all_finite  # noqa: F401
 from keras_bayes.backend.common import assign_flat  # noqa: F401
 from keras_bayes.backend.common import compile_function  # noqa: F401
 from keras_bayes.backend.common import counter_normal
@@ -14,10 +15,11 @@ from keras_bayes.backend.common import fuse_updates_by_default  # noqa: F401
 from keras_bayes.backend.common import nan_unless_finite  # noqa: F401
 from keras_bayes.backend.common import single_device  # noqa: F401
 
-__all__ = ["agree_across_replicas", "assign_flat", "compile_function",
-           "elementwise_kernel", "flatten", "fuse_updates_by_default",
-           "nan_unless_finite", "if_finite", "optimizer_state_detached",
-           "raise_unless", "single_device", "standard_normal", "step_normal"]
+__all__ = ["agree_across_replicas", "all_finite", "assign_flat",
+           "compile_function", "elementwise_kernel", "flatten",
+           "fuse_updates_by_default", "if_finite", "nan_unless_finite",
+           "optimizer_state_detached", "raise_unless", "single_device",
+           "standard_normal", "step_normal"]
 
 
 def raise_unless(finite, message):

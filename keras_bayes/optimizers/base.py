@@ -713,10 +713,9 @@ class PosteriorOptimizer(keras.optimizers.Optimizer):
             self._write_state_and_sample(run[0], state, sample)
             return
         indices = [_keras_compat.variable_index(self, v) for v in run]
-        backend.assign_flat(self.assign, run, sample)
-        for name, value in state.items():
-            backend.assign_flat(
-                self.assign, [self._state[name][i] for i in indices], value)
+        backend.assign_flat(self.assign, [(run, sample)] + [
+            ([self._state[name][i] for i in indices], value)
+            for name, value in state.items()])
 
     def _current_values(self, variable):
         """(state, sample) of one variable as they are: what a skipped step

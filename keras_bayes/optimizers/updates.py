@@ -22,25 +22,13 @@ def variable_size(variable):
 
 
 def all_finite(grads):
-    """A boolean scalar: every entry of every (non-None) gradient is finite.
-
-    `grads` may be nested (e.g. one gradient list per pass of a step).
-
-    Computed as isfinite(Σ_v |c_v|), c_v = `backend.nan_unless_finite(g_v)`
-    (Σ_i 0·g_vi, or 0·max + 0·min on torch): NaN iff some entry of g_v is
-    NaN or ±Inf, else 0 (no overflow). This shape of the test keeps compiled
-    steps small: one reduction per variable, and one over the stacked
-    per-variable results that XLA keeps as its own kernel. The direct
-    `all(stack([all(isfinite(g)) ...]))` is simplified by XLA into a chain
-    of V scalar `and`s that it copies into each of the ~5V kernels of the
-    update reading the flag (V² work: most of a many-variable model's
-    compile time on JAX).
-    """
-    checks = [backend.nan_unless_finite(g) for g in keras.tree.flatten(grads)
-              if g is not None]
-    if not checks:
+    """A boolean scalar: every entry of every (non-None) gradient is finite
+    (`backend.all_finite`). `grads` may be nested (e.g. one gradient list
+    per pass of a step)."""
+    grads = [g for g in keras.tree.flatten(grads) if g is not None]
+    if not grads:
         return ops.convert_to_tensor(True)
-    return ops.isfinite(ops.sum(ops.abs(ops.stack(checks))))
+    return backend.all_finite(grads)
 
 
 def poison_unless(finite, grads):
