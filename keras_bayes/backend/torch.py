@@ -181,9 +181,21 @@ def elementwise_kernel(function):
             return keras.tree.map_structure(
                 lambda x: x.reshape(shape) if _is_array(x) else x, result)
         targets = keras.tree.map_structure(lambda v: v.value, out)
+        # A target is also read (the old value): it goes in as one flat
+        # view, passed twice. Two views of one tensor would be aliased
+        # inputs, which the compiled program handles through their base,
+        # of fixed shape (a program per variable shape; a failed size
+        # check where two bases differed in rank only, seen on torch 2.13).
+        views = {}
+
+        def flat_once(value):
+            if id(value) not in views:
+                views[id(value)] = _flat(value)
+            return views[id(value)]
+
         with torch.no_grad():
-            compiled_into(keras.tree.map_structure(_flat, targets),
-                          *keras.tree.map_structure(_flat, args))
+            compiled_into(keras.tree.map_structure(flat_once, targets),
+                          *keras.tree.map_structure(flat_once, args))
         return targets
 
     return kernel

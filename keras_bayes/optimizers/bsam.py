@@ -202,6 +202,13 @@ class BSAM(TwoPassOptimizer, base.PosteriorOptimizer):
         self.damping = damping
         self.precision_init = precision_init
         self.batch_split = int(batch_split)
+        # The elementwise work of the two passes per variable, as the
+        # backend runs it best (torch: one compiled loop on large
+        # variables, where eager torch made a pass, and a fresh tensor, per
+        # operation: 4.7 ms of the 1.6 M-weight MLP's step, measured).
+        self._point_kernel = backend.elementwise_kernel(self._point_of)
+        self._curvature_kernel = backend.elementwise_kernel(
+            self._mean_curvature)
 
     def build(self, var_list):
         if self.built:
@@ -282,13 +289,23 @@ class BSAM(TwoPassOptimizer, base.PosteriorOptimizer):
         points = []
         for gradient, variable in zip(grads, variables):
             index = _keras_compat.variable_index(self, variable)
-            mean = self._current_mean(self._state["mean"][index],
-                                      ops.convert_to_tensor(variable))
-            precision = ops.convert_to_tensor(
-                self._state["precision"][index])
-            points.append(
-                mean + bsam_perturbation(gradient, precision, self.rho))
+            points.append(self._point_kernel(
+                ops.convert_to_tensor(self._state["mean"][index]),
+                ops.convert_to_tensor(variable), gradient,
+                ops.convert_to_tensor(self._state["precision"][index])))
         return points
+
+    def _point_of(self, stored_mean, sample, gradient, precision):
+        """m + ρ·g1/s of one variable, m the current mean."""
+        mean = self._current_mean(stored_mean, sample)
+        return mean + bsam_perturbation(gradient, precision, self.rho)
+
+    def _mean_curvature(self, grads, precision, kept, finite, count):
+        """Σ_j sqrt(s)·|g1_j| / `count` where `finite`, else `kept`."""
+        total = bsam_curvature(grads[0], precision)
+        for gradient in grads[1:]:
+            total = total + bsam_curvature(gradient, precision)
+        return ops.where(finite, total / count, kept)
 
     def combine_passes(self, records, context):
         """Stores a = mean_j sqrt(s)·|g1_j|; returns mean_j g2_j."""
@@ -298,22 +315,17 @@ class BSAM(TwoPassOptimizer, base.PosteriorOptimizer):
         finite = base.all_finite(first_grads)
         for index_in_list, variable in enumerate(context.variables):
             index = _keras_compat.variable_index(self, variable)
-            precision = ops.convert_to_tensor(
-                self._state["precision"][index])
-            total = None
-            for grads in first_grads:
-                gradient = grads[index_in_list]
-                if gradient is None:
-                    continue
-                term = bsam_curvature(ops.cast(gradient, variable.dtype),
-                                      precision)
-                total = term if total is None else total + term
-            if total is None:
-                total = ops.zeros(tuple(variable.shape), variable.dtype)
             slot = self._state["curvature"][index]
-            self.assign(slot, ops.where(
-                finite, total / float(len(records)),
-                ops.convert_to_tensor(slot)))
+            grads = [ops.cast(g[index_in_list], variable.dtype)
+                     for g in first_grads if g[index_in_list] is not None]
+            if not grads:
+                grads = [ops.zeros(tuple(variable.shape), variable.dtype)]
+            # In place where the backend can (torch): the slot is read
+            # only here, entry by entry.
+            self.assign(slot, self._curvature_kernel(
+                grads, ops.convert_to_tensor(self._state["precision"][index]),
+                ops.convert_to_tensor(slot), finite, float(len(records)),
+                out=slot))
         return mean_gradients([r.second_grads for r in records])
 
     def _posterior_std(self, state, weight_decay):

@@ -90,6 +90,19 @@ def test_one_update_matches_the_equations(eager, fused):
     assert np.all(np.abs(z) < 6.0) and np.std(z) > 0.1
 
 
+@pytest.mark.skipif(keras.backend.backend() != "torch",
+                    reason="torch's compiled kernels")
+@pytest.mark.parametrize("fused", [False, True], ids=["per_var", "fused"])
+def test_compiled_passes_and_update_match_the_equations(monkeypatch, fused):
+    """The same step with every elementwise kernel compiled on torch (the
+    second-pass point, the curvature statistic written in place, the
+    update): the threshold set to 0."""
+    from keras_bayes.backend import torch as torch_backend
+
+    monkeypatch.setattr(torch_backend, "COMPILE_MIN_ENTRIES", 0)
+    test_one_update_matches_the_equations(eager=False, fused=fused)
+
+
 @EAGER
 def test_first_step_perturbs_the_initial_weights(eager):
     # Step 1: the mean is the initial weights, g1 is taken at them.
