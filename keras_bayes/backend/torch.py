@@ -227,10 +227,11 @@ def _common_shape(args):
 
 # ----------------------------------------------------------------------
 # The counter-based generator of `common` (`counter_normal` and
-# `counter_step_normal`), in torch's int32 arithmetic: torch lacks most uint32 operations. Products and sums
-# wrap modulo 2^32 as the uint32 ones do (the low 32 bits of a product do
-# not depend on the signedness); a logical right shift is the arithmetic
-# one with the copied sign bits masked off. The words equal `common`'s
+# `counter_step_normal`), in torch's int32 arithmetic: torch lacks most
+# uint32 operations. Products and sums wrap modulo 2^32 as the uint32 ones
+# do (the low 32 bits of a product do not depend on the signedness); a
+# logical right shift is the arithmetic one with the copied sign bits
+# masked off. The words equal `common`'s
 # (tests/optimizers/test_training_noise.py checks them against NumPy).
 
 
