@@ -231,7 +231,7 @@ class BSAM(TwoPassOptimizer, base.PosteriorOptimizer):
     def _before_first_update(self):
         # `prepare_training` may have stored the mean before step 1.
         return ops.logical_and(
-            ops.equal(self.iterations, 0),
+            super()._before_first_update(),
             ops.equal(self._variables_hold, HOLDS_INITIAL))
 
     def prepare_training(self, trainable_variables):

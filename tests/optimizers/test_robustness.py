@@ -97,6 +97,39 @@ def test_a_nonfinite_gradient_skips_the_step(name, bad):
     assert optimizer.nonfinite_steps == 1
 
 
+@pytest.mark.parametrize("name", sorted(OPTIMIZERS))
+def test_a_skipped_first_step_leaves_the_mean_on_the_variables(name):
+    # A skipped step is no update: the mean still follows the variables
+    # (their initial values), though the step left its slot untouched.
+    batches = _batches()
+    model, optimizer = _compiled(name)
+    initial = [_numpy(w) for w in model.trainable_weights]
+    model.train_on_batch(*_poisoned(batches[0]))
+    assert optimizer.nonfinite_steps == 1
+    for mean, weight in zip(optimizer.posterior_mean(), initial):
+        np.testing.assert_array_equal(mean, weight)
+    model.train_on_batch(*batches[1])
+    assert all(np.all(np.isfinite(m)) for m in optimizer.posterior_mean())
+
+
+def test_a_skipped_first_step_then_a_step_moves_the_mean_as_one_step():
+    # The mean after (skipped, applied) is the mean after the applied step
+    # alone: the update starts from the variables, not from the zeros in
+    # the mean slot. (No momentum debiasing, which counts skipped steps.)
+    batches = _batches()
+    means = []
+    for first in ([_poisoned(batches[0])], []):
+        model = small_classifier()
+        optimizer = kbo.SOBA(0.1, ess=64, seed=1, debias=False)
+        model.compile(optimizer, LOSS)
+        for batch in first + [batches[1]]:
+            model.train_on_batch(*batch)
+        means.append(optimizer.posterior_mean())
+    for skipped, alone in zip(*means):
+        assert not np.allclose(skipped, 0.0)
+        np.testing.assert_allclose(skipped, alone, rtol=1e-6, atol=1e-7)
+
+
 def test_raise_mode_raises_and_keeps_the_posterior():
     batches = _batches()
     model = small_classifier()
