@@ -46,6 +46,9 @@ calls `keras_bayes.backend.<function>` and holds no backend branches.
   `torch.compile` from 250 k weights per call, eager where compiling
   fails, writing its result into the variables given as `out=`; elsewhere
   the function itself, compiled with the step).
+- `choose(flag, if_true, if_false)`: one of two tensors of one shape by a
+  scalar flag (the posterior mean before the first update; JAX: a
+  `lax.cond`, elsewhere an entry-by-entry select).
 - `flatten(tensors)`: tensors or variables as one 1-D concatenation (the
   flat update of a run or group; torch: one `torch.cat`).
 """

@@ -9,7 +9,7 @@ import keras
 import numpy as np
 from keras import ops
 
-__all__ = ["agree_across_replicas", "all_finite", "assign_flat",
+__all__ = ["agree_across_replicas", "all_finite", "assign_flat", "choose",
            "compile_function", "elementwise_kernel", "flatten",
            "fuse_updates_by_default", "if_finite", "nan_unless_finite",
            "optimizer_state_detached", "raise_unless", "single_device",
@@ -106,6 +106,14 @@ def if_finite(finite, compute, keep):
     """
     return keras.tree.map_structure(
         lambda new, old: ops.where(finite, new, old), compute(), keep())
+
+
+def choose(flag, if_true, if_false):
+    """`if_true` where the scalar boolean `flag` holds, else `if_false`:
+    two tensors of one shape and dtype, chosen whole. Here a select
+    entry by entry (`ops.where`), which a compiler fuses into the ops that
+    read the result."""
+    return ops.where(flag, if_true, if_false)
 
 
 def compile_function(python_function, num_entries):

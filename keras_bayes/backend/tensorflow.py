@@ -4,6 +4,7 @@ import tensorflow as tf
 from keras import ops
 
 from keras_bayes.backend import common
+from keras_bayes.backend.common import choose  # noqa: F401
 from keras_bayes.backend.common import all_finite  # noqa: F401
 from keras_bayes.backend.common import assign_flat  # noqa: F401
 from keras_bayes.backend.common import elementwise_kernel  # noqa: F401
@@ -13,7 +14,7 @@ from keras_bayes.backend.common import nan_unless_finite  # noqa: F401
 from keras_bayes.backend.common import if_finite  # noqa: F401
 from keras_bayes.backend.common import optimizer_state_detached  # noqa: F401
 
-__all__ = ["agree_across_replicas", "all_finite", "assign_flat",
+__all__ = ["agree_across_replicas", "all_finite", "assign_flat", "choose",
            "compile_function", "elementwise_kernel", "flatten",
            "fuse_updates_by_default", "if_finite", "nan_unless_finite",
            "optimizer_state_detached", "raise_unless", "single_device",

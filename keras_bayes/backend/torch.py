@@ -7,6 +7,7 @@ import keras
 import torch
 
 from keras_bayes.backend import common
+from keras_bayes.backend.common import choose  # noqa: F401
 from keras_bayes.backend.common import agree_across_replicas  # noqa: F401
 from keras_bayes.backend.common import compile_function  # noqa: F401
 from keras_bayes.backend.common import nan_unless_finite  # noqa: F401
@@ -14,7 +15,7 @@ from keras_bayes.backend.common import optimizer_state_detached  # noqa: F401
 from keras_bayes.backend.common import raise_unless  # noqa: F401
 from keras_bayes.backend.common import single_device  # noqa: F401
 
-__all__ = ["agree_across_replicas", "all_finite", "assign_flat",
+__all__ = ["agree_across_replicas", "all_finite", "assign_flat", "choose",
            "compile_function", "elementwise_kernel", "flatten",
            "fuse_updates_by_default", "if_finite", "nan_unless_finite",
            "optimizer_state_detached", "raise_unless", "single_device",

@@ -506,8 +506,9 @@ class PosteriorOptimizer(keras.optimizers.Optimizer):
         variable or tensor) or a flat concatenation of several, `sample`
         the matching variable value(s) of the same shape.
         """
-        return ops.where(self._before_first_update(), sample,
-                         ops.convert_to_tensor(stored_mean))
+        return backend.choose(self._before_first_update(),
+                              ops.convert_to_tensor(sample),
+                              ops.convert_to_tensor(stored_mean))
 
     def _stored_state(self, index):
         """The slots of variable `index` as tensors, as stored."""
