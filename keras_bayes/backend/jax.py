@@ -1,8 +1,11 @@
 """`keras_bayes.backend` on JAX."""
 
+import math
+
 import jax
 
 from keras_bayes import _keras_compat
+from keras_bayes.backend import common
 from keras_bayes.backend.common import agree_across_replicas  # noqa: F401
 from keras_bayes.backend.common import all_finite  # noqa: F401
 from keras_bayes.backend.common import assign_flat  # noqa: F401
@@ -65,14 +68,26 @@ def if_finite(finite, compute, keep):
     return jax.lax.cond(finite, compute, keep)
 
 
+#: Tensors of at least this many entries are chosen by a `lax.cond`.
+CHOOSE_COND_MIN_ENTRIES = 65_536
+
+
 def choose(flag, if_true, if_false):
-    """`if_true` if the scalar `flag` holds, else `if_false`, chosen whole
-    by one `jax.lax.cond`. An entry-by-entry select read by several of the
-    update's outputs (the current mean: by the new Hessian and the new
-    mean) was a pass of its own over the weights, since XLA's CPU fusion
-    does not copy it into each reader (0.25 ms of SOBA's update of 1.6 M
-    weights, measured); the branch that passes a buffer through costs
-    nothing."""
+    """`if_true` if the scalar `flag` holds, else `if_false`: from
+    `CHOOSE_COND_MIN_ENTRIES` entries up chosen whole by one
+    `jax.lax.cond`, below that by `common.choose`'s select.
+
+    An entry-by-entry select read by several of the update's outputs (the
+    current mean: by the new Hessian and the new mean) was a pass of its
+    own over the weights, since XLA's CPU fusion does not copy it into
+    each reader (0.25 ms of SOBA's update of 1.6 M weights, measured); the
+    branch that passes a buffer through costs nothing. On small tensors
+    the pass is cheap and a conditional each costs compile time (a `cond`
+    for every variable and run of MobileNetV2 made its first `fit` 2 s
+    slower, measured).
+    """
+    if math.prod(jax.numpy.shape(if_true)) < CHOOSE_COND_MIN_ENTRIES:
+        return common.choose(flag, if_true, if_false)
     return jax.lax.cond(flag, lambda: if_true, lambda: if_false)
 
 

@@ -36,13 +36,14 @@ def test_if_finite_picks_one_structure():
                                       np.full((2, 2), expected_b))
 
 
+@pytest.mark.parametrize("size", [6, 2**16])  # JAX: a select; a cond
 @pytest.mark.parametrize("flag", [True, False])
-def test_choose_takes_one_tensor_whole(flag):
-    a = keras.ops.convert_to_tensor(np.arange(6.0, dtype="float32"))
-    b = keras.ops.convert_to_tensor(-np.arange(6.0, dtype="float32"))
+def test_choose_takes_one_tensor_whole(flag, size):
+    a = keras.ops.convert_to_tensor(np.arange(size, dtype="float32"))
+    b = keras.ops.convert_to_tensor(-np.arange(size, dtype="float32"))
     chosen = backend.choose(keras.ops.convert_to_tensor(flag), a, b)
     np.testing.assert_array_equal(keras.ops.convert_to_numpy(chosen),
-                                  np.arange(6.0) * (1 if flag else -1))
+                                  np.arange(size) * (1 if flag else -1))
 
 
 @pytest.mark.skipif(BACKEND != "jax", reason="XLA buffer reuse on JAX")
@@ -85,7 +86,7 @@ def test_jax_soba_step_updates_its_state_in_place():
     import jax
     import jax.numpy as jnp
 
-    shape = (256, 256)  # updated alone, not in a flat run
+    shape = (256, 256)  # updated alone, not in a flat run; chosen by cond
     variables = [keras.Variable(np.ones(shape, "float32")),
                  keras.Variable(np.ones((256,), "float32"))]
     optimizer = SOBA(0.1, ess=100, seed=0)
