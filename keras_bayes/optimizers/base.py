@@ -46,6 +46,7 @@ from keras_bayes.optimizers.prior import prior_slot_values
 from keras_bayes.optimizers.updates import NONFINITE_CHOICES
 from keras_bayes.optimizers.updates import all_finite
 from keras_bayes.optimizers.updates import centred_update
+from keras_bayes.optimizers.updates import cut_flat
 from keras_bayes.optimizers.updates import keep_if_finite
 from keras_bayes.optimizers.updates import poison_unless
 from keras_bayes.optimizers.updates import variable_size
@@ -118,19 +119,6 @@ def _update_runs(variables, index, key):
         else:
             runs.append([variable])
     return runs
-
-
-def _cut(flat, variables):
-    """The 1-D `flat` cut into one piece per variable, reshaped and cast
-    to its shape and dtype."""
-    pieces, offset = [], 0
-    for variable in variables:
-        size = variable_size(variable)
-        pieces.append(ops.cast(
-            ops.reshape(flat[offset:offset + size], tuple(variable.shape)),
-            variable.dtype))
-        offset += size
-    return pieces
 
 
 class PosteriorOptimizer(keras.optimizers.Optimizer):
@@ -685,7 +673,7 @@ class PosteriorOptimizer(keras.optimizers.Optimizer):
         `backend.if_finite`, which runs alone and is then assigned)."""
         if len(run) == 1:
             return self._variable_update(grads[0], run[0], learning_rate,
-                                         _cut(noise, run)[0], in_place)
+                                         cut_flat(noise, run)[0], in_place)
         indices = [_keras_compat.variable_index(self, v) for v in run]
         dtype = run[0].dtype
         state = {name: backend.flatten([slots[i] for i in indices])

@@ -10,6 +10,7 @@ from keras_bayes._validation import check_number
 from keras_bayes._validation import check_positive_integer
 from keras_bayes.optimizers import base
 from keras_bayes.optimizers.sam import TwoPassOptimizer
+from keras_bayes.optimizers.updates import cut_flat
 from keras_bayes.training.contract import StepPlan
 from keras_bayes.training.contract import mean_gradients
 
@@ -282,10 +283,27 @@ class BSAM(TwoPassOptimizer, base.PosteriorOptimizer):
     # The first passes of sub-batches 1.. are at fresh posterior samples.
     draw_training_point = base.PosteriorOptimizer.draw_training_point
 
+    def _flat_passes(self, variables):
+        """Whether the per-variable work of the passes runs once over the
+        concatenated variables: with the fused update (torch's default for
+        many small variables, where each Keras op costs more than its
+        arithmetic) and one dtype."""
+        return (self._fuse and len(variables) > 1
+                and backend.single_device()
+                and len({str(v.dtype) for v in variables}) == 1)
+
     def second_pass_point(self, gradients, trainable_variables=None):
         """m + ρ·g1/s per variable."""
         grads, variables = self._variables_for_point(gradients,
                                                      trainable_variables)
+        if self._flat_passes(variables):
+            indices = [_keras_compat.variable_index(self, v)
+                       for v in variables]
+            return cut_flat(self._point_kernel(
+                backend.flatten([self._state["mean"][i] for i in indices]),
+                backend.flatten(variables), backend.flatten(grads),
+                backend.flatten([self._state["precision"][i]
+                                 for i in indices])), variables)
         points = []
         for gradient, variable in zip(grads, variables):
             index = _keras_compat.variable_index(self, variable)
@@ -313,6 +331,10 @@ class BSAM(TwoPassOptimizer, base.PosteriorOptimizer):
         # A bad first gradient skips the whole step (the second-pass
         # gradient is then bad too): keep the old statistic as well.
         finite = base.all_finite(first_grads)
+        if self._flat_passes(context.variables):
+            self._store_curvature_flat(first_grads, context.variables,
+                                       finite, float(len(records)))
+            return mean_gradients([r.second_grads for r in records])
         for index_in_list, variable in enumerate(context.variables):
             index = _keras_compat.variable_index(self, variable)
             slot = self._state["curvature"][index]
@@ -327,6 +349,22 @@ class BSAM(TwoPassOptimizer, base.PosteriorOptimizer):
                 ops.convert_to_tensor(slot), finite, float(len(records)),
                 out=slot))
         return mean_gradients([r.second_grads for r in records])
+
+    def _store_curvature_flat(self, first_grads, variables, finite, count):
+        """`combine_passes`' statistic, computed once over the concatenated
+        `variables` and written back (`_flat_passes`). A missing gradient
+        adds sqrt(s)·0, as it adds nothing per variable."""
+        indices = [_keras_compat.variable_index(self, v) for v in variables]
+        slots = [self._state["curvature"][i] for i in indices]
+        grads = [backend.flatten([
+            ops.zeros(tuple(v.shape), v.dtype) if g is None
+            else ops.cast(g, v.dtype) for g, v in zip(record, variables)])
+            for record in first_grads]
+        value = self._curvature_kernel(
+            grads,
+            backend.flatten([self._state["precision"][i] for i in indices]),
+            backend.flatten(slots), finite, count)
+        backend.assign_flat(self.assign, [(slots, value)])
 
     def _posterior_std(self, state, weight_decay):
         return bsam_posterior_std(state["precision"], self.ess)

@@ -21,6 +21,19 @@ def variable_size(variable):
     return int(np.prod(tuple(variable.shape), dtype=np.int64))
 
 
+def cut_flat(flat, variables):
+    """The 1-D `flat` cut into one piece per variable, reshaped and cast
+    to its shape and dtype."""
+    pieces, offset = [], 0
+    for variable in variables:
+        size = variable_size(variable)
+        pieces.append(ops.cast(
+            ops.reshape(flat[offset:offset + size], tuple(variable.shape)),
+            variable.dtype))
+        offset += size
+    return pieces
+
+
 def all_finite(grads):
     """A boolean scalar: every entry of every (non-None) gradient is finite
     (`backend.all_finite`). `grads` may be nested (e.g. one gradient list

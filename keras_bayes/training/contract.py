@@ -79,6 +79,9 @@ def mean_gradients(gradient_lists):
         if not present:
             out.append(None)
             continue
+        if len(grads) == 1:  # one pass: its gradients as they are
+            out.append(present[0])
+            continue
         total = present[0]
         for g in present[1:]:
             total = total + g
