@@ -25,6 +25,13 @@ Method
 * The optimizers are interleaved over `--rounds` rounds (Adam, SGD, SOBA,
   Adam, SGD, SOBA, ...), and the median seconds per step over the rounds is
   reported, so that drifts in machine load affect all optimizers alike.
+* `--keep-freed-memory` (Linux, glibc) re-runs the command with glibc told
+  to keep freed memory for reuse (`KEEP_FREED_MEMORY`): by default it
+  returns large freed buffers to the system, and a torch CNN step then
+  spent thousands of page faults (4 000-7 000 a step, measured) re-mapping
+  its activations, which moved every optimizer's step time by 10-20 %
+  between rounds. It changes nothing for one optimizer against another;
+  the result records it (`keep_freed_memory`).
 * Optimizer-state memory: the size of the optimizer's floating-point,
   non-scalar variables (its per-parameter slots) over the number of
   trainable parameters (Adam 2, SGD with momentum 1, SOBA 3).
@@ -490,6 +497,7 @@ def make_result(args, contenders, timed_steps):
         # the end of the run (absolute times are inflated by it, ratios of
         # interleaved runs much less).
         "load_average": os.getloadavg()[0],
+        "keep_freed_memory": keeps_freed_memory(),
         "optimizers": optimizers,
         "ratios": ratios,
     }
@@ -585,6 +593,9 @@ def parse_args(argv=None):
     parser.add_argument("--quick", action="store_true",
                         help="tiny sizes for a smoke test: "
                         + ", ".join(f"{k}={v}" for k, v in QUICK.items()))
+    parser.add_argument("--keep-freed-memory", action="store_true",
+                        help="run with glibc keeping freed memory "
+                        "(KEEP_FREED_MEMORY), for steadier timings")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", metavar="PATH",
                         help="append the result to this JSON list")
@@ -608,8 +619,26 @@ def parse_args(argv=None):
     return args
 
 
+#: glibc settings that keep freed memory in the process for reuse instead
+#: of returning it to the system: large buffers (activations) are then not
+#: re-mapped, and page-faulted, every step. Read by glibc at start-up only.
+KEEP_FREED_MEMORY = {
+    "MALLOC_MMAP_THRESHOLD_": str(256 * 2**20),
+    "MALLOC_TRIM_THRESHOLD_": str(2**30),
+    "MALLOC_TOP_PAD_": str(256 * 2**20),
+}
+
+
+def keeps_freed_memory():
+    return all(os.environ.get(k) == v for k, v in KEEP_FREED_MEMORY.items())
+
+
 def main(argv=None):
     args = parse_args(argv)
+    if args.keep_freed_memory and not keeps_freed_memory():
+        # glibc reads these only when the process starts.
+        os.execve(sys.executable, [sys.executable] + sys.argv,
+                  {**os.environ, **KEEP_FREED_MEMORY})
     result = run_benchmark(args)
     print(format_table(result))
     if args.json:

@@ -33,6 +33,7 @@ def test_step_cost_quick(tmp_path, run_script, capsys):
     assert result["backend"] == keras.backend.backend()
     assert result["model"] == "cnn"
     assert result["params"] > 0
+    assert result["keep_freed_memory"] is False
 
     assert set(result["optimizers"]) == {"adam", "sgd", "soba"}
     for entry in result["optimizers"].values():
@@ -51,6 +52,26 @@ def test_step_cost_quick(tmp_path, run_script, capsys):
     for entry in result["optimizers"].values():
         assert entry["first_fit_s"] > 0
         assert entry["min_s_per_step"] == min(entry["s_per_step"])
+
+
+@pytest.mark.slow
+@pytest.mark.backend_independent
+def test_step_cost_keeps_freed_memory_in_a_fresh_process(tmp_path):
+    # glibc reads its settings at start-up: the script runs itself again.
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path / "step_cost.json"
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("MALLOC_")}
+    subprocess.run([sys.executable, str(SCRIPT), "--quick",
+                    "--optimizers", "sgd", "--keep-freed-memory",
+                    "--json", str(out)], check=True, env=env,
+                   capture_output=True, timeout=600)
+    (result,) = json.loads(out.read_text())
+    assert result["keep_freed_memory"] is True
+    assert "--keep-freed-memory" in result["command"]
 
 
 CONTINUAL = SCRIPT.parent / "continual.py"
