@@ -4,9 +4,9 @@ import tensorflow as tf
 from keras import ops
 
 from keras_bayes.backend import common
-from keras_bayes.backend.common import choose  # noqa: F401
 from keras_bayes.backend.common import all_finite  # noqa: F401
 from keras_bayes.backend.common import assign_flat  # noqa: F401
+from keras_bayes.backend.common import choose  # noqa: F401
 from keras_bayes.backend.common import elementwise_kernel  # noqa: F401
 from keras_bayes.backend.common import flatten  # noqa: F401
 from keras_bayes.backend.common import fuse_updates_by_default  # noqa: F401

@@ -7,8 +7,8 @@ import keras
 import torch
 
 from keras_bayes.backend import common
-from keras_bayes.backend.common import choose  # noqa: F401
 from keras_bayes.backend.common import agree_across_replicas  # noqa: F401
+from keras_bayes.backend.common import choose  # noqa: F401
 from keras_bayes.backend.common import compile_function  # noqa: F401
 from keras_bayes.backend.common import nan_unless_finite  # noqa: F401
 from keras_bayes.backend.common import optimizer_state_detached  # noqa: F401

@@ -676,8 +676,8 @@ class PosteriorOptimizer(keras.optimizers.Optimizer):
                                          cut_flat(noise, run)[0], in_place)
         indices = [_keras_compat.variable_index(self, v) for v in run]
         dtype = run[0].dtype
-        state = {name: backend.flatten([slots[i] for i in indices])
-                 for name, slots in self._state.items()}
+        state = {name: self._flat_slot(name, indices)
+                 for name in self._state}
         terms = [self._prior_terms(i, v) for i, v in zip(indices, run)]
         weight_decay, center = terms[0]
         if self._prior_slots is not None:
@@ -695,10 +695,14 @@ class PosteriorOptimizer(keras.optimizers.Optimizer):
         if len(run) == 1:
             return self._current_values(run[0])
         indices = [_keras_compat.variable_index(self, v) for v in run]
-        return ({name: backend.flatten([self._state[name][i]
-                                        for i in indices])
+        return ({name: self._flat_slot(name, indices)
                  for name in self.state_names},
                 backend.flatten(run))
+
+    def _flat_slot(self, name, indices):
+        """Slot `name` of the variables at `indices`, concatenated
+        (`backend.flatten`): a flat run's or group's state."""
+        return backend.flatten([self._state[name][i] for i in indices])
 
     def _write_run(self, run, state, sample):
         """Assign the values of `_run_update` to the variables of `run`

@@ -300,10 +300,9 @@ class BSAM(TwoPassOptimizer, base.PosteriorOptimizer):
             indices = [_keras_compat.variable_index(self, v)
                        for v in variables]
             return cut_flat(self._point_kernel(
-                backend.flatten([self._state["mean"][i] for i in indices]),
-                backend.flatten(variables), backend.flatten(grads),
-                backend.flatten([self._state["precision"][i]
-                                 for i in indices])), variables)
+                self._flat_slot("mean", indices), backend.flatten(variables),
+                backend.flatten(grads), self._flat_slot("precision", indices)),
+                variables)
         points = []
         for gradient, variable in zip(grads, variables):
             index = _keras_compat.variable_index(self, variable)
@@ -361,9 +360,8 @@ class BSAM(TwoPassOptimizer, base.PosteriorOptimizer):
             else ops.cast(g, v.dtype) for g, v in zip(record, variables)])
             for record in first_grads]
         value = self._curvature_kernel(
-            grads,
-            backend.flatten([self._state["precision"][i] for i in indices]),
-            backend.flatten(slots), finite, count)
+            grads, self._flat_slot("precision", indices),
+            self._flat_slot("curvature", indices), finite, count)
         backend.assign_flat(self.assign, [(slots, value)])
 
     def _posterior_std(self, state, weight_decay):
