@@ -29,6 +29,10 @@ calls `keras_bayes.backend.<function>` and holds no backend branches.
   (counter-based, so a range can be drawn alone, and the generator is
   read, not advanced; torch draws the same stream in int32, compiled for
   large draws; other backends: a fresh draw from the generator).
+- `step_noise(shape, dtype, generator, step, start)`: the same noise as
+  an `elementwise_kernel` takes it (torch: a `StepNoise`, the key and
+  range, drawn inside the kernel's compiled loop; elsewhere the numbers of
+  `step_normal`).
 - `all_finite(tensors)`: the step's finiteness check, a boolean scalar
   (one reduction per tensor and one over their results; torch: the
   tensors' max and min).
@@ -43,14 +47,17 @@ calls `keras_bayes.backend.<function>` and holds no backend branches.
   XLA from 250 k weights; elsewhere the function itself).
 - `elementwise_kernel(function)`: an elementwise function of tensors (the
   update of one variable or run) as the backend runs it best (torch:
-  `torch.compile` from 250 k weights per call, eager where compiling
-  fails, writing its result into the variables given as `out=`; elsewhere
-  the function itself, compiled with the step).
+  `torch.compile` from 250 k weights per call, or 4 096 where it draws a
+  `step_noise`, eager where compiling fails, writing its result into the
+  variables given as `out=`; elsewhere the function itself, compiled with
+  the step).
 - `choose(flag, if_true, if_false)`: one of two tensors of one shape by a
   scalar flag (the posterior mean before the first update; JAX: a
   `lax.cond`, elsewhere an entry-by-entry select).
 - `flatten(tensors)`: tensors or variables as one 1-D concatenation (the
   flat update of a run or group; torch: one `torch.cat`).
+- `cut_flat(flat, variables)`: the inverse, a 1-D tensor cut into pieces
+  of the variables' shapes and dtypes (torch: one `torch.split`).
 """
 
 import keras

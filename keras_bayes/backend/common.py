@@ -10,10 +10,10 @@ import numpy as np
 from keras import ops
 
 __all__ = ["agree_across_replicas", "all_finite", "assign_flat", "choose",
-           "compile_function", "elementwise_kernel", "flatten",
+           "compile_function", "cut_flat", "elementwise_kernel", "flatten",
            "fuse_updates_by_default", "if_finite", "nan_unless_finite",
            "optimizer_state_detached", "raise_unless", "single_device",
-           "standard_normal", "step_normal"]
+           "standard_normal", "step_noise", "step_normal"]
 
 
 def single_device():
@@ -48,6 +48,19 @@ def flatten(tensors):
     """The tensors (or variables) reshaped to 1-D and concatenated."""
     return ops.concatenate(
         [ops.reshape(ops.convert_to_tensor(t), (-1,)) for t in tensors], 0)
+
+
+def cut_flat(flat, variables):
+    """The 1-D `flat` (as `flatten` made it) cut into one piece per
+    variable, reshaped and cast to its shape and dtype."""
+    pieces, offset = [], 0
+    for variable in variables:
+        size = math.prod(int(dim) for dim in variable.shape)
+        pieces.append(ops.cast(
+            ops.reshape(flat[offset:offset + size], tuple(variable.shape)),
+            variable.dtype))
+        offset += size
+    return pieces
 
 
 def all_finite(tensors):
@@ -96,6 +109,13 @@ def step_normal(shape, dtype, generator, step, start):
     draw from the `SeedGenerator` (which it advances); `step` and `start`
     are not used."""
     return keras.random.normal(shape, dtype=dtype, seed=generator)
+
+
+def step_noise(shape, dtype, generator, step, start):
+    """The update noise of a step as an `elementwise_kernel` takes it: here
+    `step_normal`'s numbers themselves (a compiled step fuses them into the
+    update)."""
+    return step_normal(shape, dtype, generator, step, start)
 
 
 def if_finite(finite, compute, keep):

@@ -12,6 +12,7 @@ from keras_bayes.backend.common import assign_flat  # noqa: F401
 from keras_bayes.backend.common import compile_function  # noqa: F401
 from keras_bayes.backend.common import counter_normal
 from keras_bayes.backend.common import counter_step_normal
+from keras_bayes.backend.common import cut_flat  # noqa: F401
 from keras_bayes.backend.common import elementwise_kernel  # noqa: F401
 from keras_bayes.backend.common import flatten  # noqa: F401
 from keras_bayes.backend.common import fuse_updates_by_default  # noqa: F401
@@ -19,10 +20,10 @@ from keras_bayes.backend.common import nan_unless_finite  # noqa: F401
 from keras_bayes.backend.common import single_device  # noqa: F401
 
 __all__ = ["agree_across_replicas", "all_finite", "assign_flat", "choose",
-           "compile_function", "elementwise_kernel", "flatten",
+           "compile_function", "cut_flat", "elementwise_kernel", "flatten",
            "fuse_updates_by_default", "if_finite", "nan_unless_finite",
            "optimizer_state_detached", "raise_unless", "single_device",
-           "standard_normal", "step_normal"]
+           "standard_normal", "step_noise", "step_normal"]
 
 
 def raise_unless(finite, message):
@@ -54,6 +55,12 @@ def step_normal(shape, dtype, generator, step, start):
     reads the generator without advancing it (a variable assigned inside
     `if_finite`'s `lax.cond` would leak the branch's tracer)."""
     return counter_step_normal(shape, dtype, generator, step, start)
+
+
+def step_noise(shape, dtype, generator, step, start):
+    """The update noise as an `elementwise_kernel` takes it: the numbers
+    of `step_normal`, which the compiled step fuses into the update."""
+    return step_normal(shape, dtype, generator, step, start)
 
 
 def if_finite(finite, compute, keep):

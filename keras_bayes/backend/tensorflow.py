@@ -7,6 +7,7 @@ from keras_bayes.backend import common
 from keras_bayes.backend.common import all_finite  # noqa: F401
 from keras_bayes.backend.common import assign_flat  # noqa: F401
 from keras_bayes.backend.common import choose  # noqa: F401
+from keras_bayes.backend.common import cut_flat  # noqa: F401
 from keras_bayes.backend.common import elementwise_kernel  # noqa: F401
 from keras_bayes.backend.common import flatten  # noqa: F401
 from keras_bayes.backend.common import fuse_updates_by_default  # noqa: F401
@@ -15,10 +16,10 @@ from keras_bayes.backend.common import if_finite  # noqa: F401
 from keras_bayes.backend.common import optimizer_state_detached  # noqa: F401
 
 __all__ = ["agree_across_replicas", "all_finite", "assign_flat", "choose",
-           "compile_function", "elementwise_kernel", "flatten",
+           "compile_function", "cut_flat", "elementwise_kernel", "flatten",
            "fuse_updates_by_default", "if_finite", "nan_unless_finite",
            "optimizer_state_detached", "raise_unless", "single_device",
-           "standard_normal", "step_normal"]
+           "standard_normal", "step_noise", "step_normal"]
 
 
 def single_device():
@@ -80,3 +81,9 @@ def standard_normal(shape, dtype, seed):
 def step_normal(shape, dtype, generator, step, start):
     """The update noise of a step: `common.counter_step_normal`."""
     return common.counter_step_normal(shape, dtype, generator, step, start)
+
+
+def step_noise(shape, dtype, generator, step, start):
+    """The update noise as an `elementwise_kernel` takes it: the numbers
+    of `step_normal`, which the compiled step fuses into the update."""
+    return step_normal(shape, dtype, generator, step, start)

@@ -46,7 +46,6 @@ from keras_bayes.optimizers.prior import prior_slot_values
 from keras_bayes.optimizers.updates import NONFINITE_CHOICES
 from keras_bayes.optimizers.updates import all_finite
 from keras_bayes.optimizers.updates import centred_update
-from keras_bayes.optimizers.updates import cut_flat
 from keras_bayes.optimizers.updates import keep_if_finite
 from keras_bayes.optimizers.updates import poison_unless
 from keras_bayes.optimizers.updates import variable_size
@@ -579,15 +578,21 @@ class PosteriorOptimizer(keras.optimizers.Optimizer):
 
     def _run_noise(self, run):
         """The unit base noise of this step's update for the variables of
-        `run`, flat (`backend.step_normal`): weight k of the model (in the
-        order the optimizer was built with) takes number k of the step's
-        stream, so the numbers do not depend on how the stream is drawn:
-        Keras' per-variable updates under a distribution draw the same
-        noise as a single device."""
+        `run`, as `noise(shape, dtype)` (`_run_update`) draws it
+        (`backend.step_noise`): weight k of the model (in the order the
+        optimizer was built with) takes number k of the step's stream, so
+        the numbers do not depend on how the stream is drawn: Keras'
+        per-variable updates under a distribution draw the same noise as a
+        single device."""
         start = self._noise_offsets[_keras_compat.variable_index(self, run[0])]
-        return backend.step_normal(
-            (sum(variable_size(v) for v in run),), "float32",
-            self._seed_generator, self.iterations, start)
+        return self._step_noise(start)
+
+    def _step_noise(self, start):
+        """`noise(shape, dtype)`: numbers `start`, ... of this step's
+        stream in that shape and dtype (`backend.step_noise`; on torch not
+        drawn yet: the update's kernel draws them in its own loop)."""
+        return lambda shape, dtype: backend.step_noise(
+            shape, dtype, self._seed_generator, self.iterations, start)
 
     def update_step(self, gradient, variable, learning_rate):
         """Keras' per-variable hook, called by Keras itself only under a
@@ -667,13 +672,16 @@ class PosteriorOptimizer(keras.optimizers.Optimizer):
     def _run_update(self, grads, run, learning_rate, noise, in_place):
         """(new state, next sample) of the variables of `run` (of one dtype
         and weight decay, `_update_runs`) from one update of their
-        concatenation, with the flat unit noise `noise`: flat, or shaped
-        as the variable for a run of one, which with `in_place` the backend
-        may already have written (`_variable_update`: in a branch of
-        `backend.if_finite`, which runs alone and is then assigned)."""
+        concatenation, with the unit noise `noise(shape, dtype)` of the
+        run's weights in that layout: flat, or shaped as the variable for a
+        run of one, which with `in_place` the backend may already have
+        written (`_variable_update`: in a branch of `backend.if_finite`,
+        which runs alone and is then assigned)."""
         if len(run) == 1:
-            return self._variable_update(grads[0], run[0], learning_rate,
-                                         cut_flat(noise, run)[0], in_place)
+            variable = run[0]
+            return self._variable_update(
+                grads[0], variable, learning_rate,
+                noise(tuple(variable.shape), variable.dtype), in_place)
         indices = [_keras_compat.variable_index(self, v) for v in run]
         dtype = run[0].dtype
         state = {name: self._flat_slot(name, indices)
@@ -687,7 +695,7 @@ class PosteriorOptimizer(keras.optimizers.Optimizer):
             backend.flatten([ops.cast(g, dtype) for g in grads]),
             backend.flatten(run),
             state, ops.cast(learning_rate, dtype), weight_decay, center,
-            ops.cast(noise, dtype))
+            noise((sum(variable_size(v) for v in run),), dtype))
 
     def _run_current_values(self, run):
         """(state, sample) of the variables of `run` as stored, in the
@@ -853,17 +861,16 @@ class PosteriorOptimizer(keras.optimizers.Optimizer):
                                        dtype, start):
         """`update(noise)`, the (state, sample) of one flat group of `shape`
         from its unit noise, where `finite` is True, else `keep()`. The noise
-        is numbers `start`, ... of the step's stream (`backend.step_normal`)
-        or, for Keras' random ops, a draw from the generator."""
+        is numbers `start`, ... of the step's stream (`_step_noise`) or, for
+        Keras' random ops, a draw from the generator; `update` takes it as
+        `noise(shape, dtype)` (`_run_update`)."""
         if self._draws_backend_noise:
             return backend.if_finite(
-                finite,
-                lambda: update(backend.step_normal(
-                    shape, dtype, self._seed_generator, self.iterations,
-                    start)),
-                keep)
-        return keep_if_finite(finite, *update(self._training_noise(
-            shape, dtype)), *keep())
+                finite, lambda: update(self._step_noise(start)), keep)
+        flat = self._training_noise(shape, dtype)
+        return keep_if_finite(finite, *update(
+            lambda shape, dtype: ops.cast(ops.reshape(flat, shape), dtype)),
+            *keep())
 
     def finalize_variable_values(self, var_list):
         """Write the posterior mean into the model (called at `fit` end)."""

@@ -10,7 +10,6 @@ from keras_bayes._validation import check_number
 from keras_bayes._validation import check_positive_integer
 from keras_bayes.optimizers import base
 from keras_bayes.optimizers.sam import TwoPassOptimizer
-from keras_bayes.optimizers.updates import cut_flat
 from keras_bayes.training.contract import StepPlan
 from keras_bayes.training.contract import mean_gradients
 
@@ -299,7 +298,7 @@ class BSAM(TwoPassOptimizer, base.PosteriorOptimizer):
         if self._flat_passes(variables):
             indices = [_keras_compat.variable_index(self, v)
                        for v in variables]
-            return cut_flat(self._point_kernel(
+            return backend.cut_flat(self._point_kernel(
                 self._flat_slot("mean", indices), backend.flatten(variables),
                 backend.flatten(grads), self._flat_slot("precision", indices)),
                 variables)

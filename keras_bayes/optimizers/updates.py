@@ -6,8 +6,8 @@ decay (the fused path); both paths use these functions, so the fused path
 differs from the per-variable one only in the arrangement of the noise.
 """
 
-import keras
-import numpy as np
+import math
+
 from keras import ops
 
 from keras_bayes import backend
@@ -17,31 +17,28 @@ NONFINITE_CHOICES = ("skip", "raise")
 
 
 def variable_size(variable):
-    """The number of entries of `variable` (a Python int)."""
-    return int(np.prod(tuple(variable.shape), dtype=np.int64))
-
-
-def cut_flat(flat, variables):
-    """The 1-D `flat` cut into one piece per variable, reshaped and cast
-    to its shape and dtype."""
-    pieces, offset = [], 0
-    for variable in variables:
-        size = variable_size(variable)
-        pieces.append(ops.cast(
-            ops.reshape(flat[offset:offset + size], tuple(variable.shape)),
-            variable.dtype))
-        offset += size
-    return pieces
+    """The number of entries of `variable` (a Python int; `math.prod` of
+    Python ints: exact at any size, and ~10 times faster than `np.prod`,
+    which an eager step calls a few times per variable)."""
+    return math.prod(int(dim) for dim in variable.shape)
 
 
 def all_finite(grads):
     """A boolean scalar: every entry of every (non-None) gradient is finite
     (`backend.all_finite`). `grads` may be nested (e.g. one gradient list
     per pass of a step)."""
-    grads = [g for g in keras.tree.flatten(grads) if g is not None]
+    grads = [g for g in _flat_list(grads) if g is not None]
     if not grads:
         return ops.convert_to_tensor(True)
     return backend.all_finite(grads)
+
+
+def _flat_list(values):
+    """Nested lists and tuples of tensors as one list (what
+    `keras.tree.flatten` returns for them, at a tenth of its cost)."""
+    if not isinstance(values, (list, tuple)):
+        return [values]
+    return [leaf for value in values for leaf in _flat_list(value)]
 
 
 def poison_unless(finite, grads):

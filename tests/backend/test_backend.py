@@ -149,6 +149,23 @@ def test_compiled_backends_update_per_variable_by_default():
     assert not optimizer._fuse
 
 
+def test_cut_flat_inverts_flatten():
+    """`cut_flat` gives back the pieces `flatten` joined, in each
+    variable's shape and dtype (a float16 variable's piece is cast)."""
+    rng = np.random.default_rng(0)
+    variables = [keras.Variable(rng.normal(size=s).astype("float32"))
+                 for s in ((2, 3, 4), (5,), (1, 1))]
+    variables.append(keras.Variable(np.ones((3,), "float16")))
+    flat = backend.flatten([keras.ops.cast(v, "float32") for v in variables])
+    assert tuple(flat.shape) == (24 + 5 + 1 + 3,)
+    pieces = backend.cut_flat(flat, variables)
+    for piece, variable in zip(pieces, variables):
+        assert tuple(piece.shape) == tuple(variable.shape)
+        assert keras.backend.standardize_dtype(piece.dtype) == variable.dtype
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(piece),
+                                      keras.ops.convert_to_numpy(variable))
+
+
 def test_nan_unless_finite_flags_exactly_the_nonfinite_tensors():
     """NaN for a NaN, +Inf or -Inf entry; 0 otherwise, also for entries
     near the float32 limit (no overflow) and for an empty tensor."""
@@ -219,6 +236,45 @@ def test_torch_kernel_compiles_large_inputs_and_matches_eager(monkeypatch):
     calls.clear()
     kernel(x[:10], {"z": state["z"][:10]}, 2.0)  # below the threshold
     assert calls == [False]
+
+
+@needs_torch
+@pytest.mark.parametrize("compiled", [True, False], ids=["compiled", "eager"])
+def test_torch_kernel_draws_step_noise_in_its_loop(monkeypatch, compiled):
+    """A `step_noise` argument is drawn inside the kernel (in the compiled
+    loop from `NOISE_COMPILE_MIN_ENTRIES` weights, even below
+    `COMPILE_MIN_ENTRIES`): the numbers of `step_normal` for the same
+    range, in the kernel's shape and the noise's dtype."""
+    import torch
+
+    from keras_bayes.backend import torch as torch_backend
+
+    calls = []
+
+    def update(x, noise):
+        calls.append(torch.compiler.is_compiling())
+        return x + 0.5 * noise, noise
+
+    monkeypatch.setattr(torch_backend, "NOISE_COMPILE_MIN_ENTRIES",
+                        1000 if compiled else 10**6)
+    kernel = backend.elementwise_kernel(update)
+    generator = keras.random.SeedGenerator(7)
+    step = keras.Variable(5, dtype="int64", trainable=False)
+    x = torch.randn(40, 30)
+    noise = backend.step_noise((40, 30), "float32", generator, step, 123)
+    assert isinstance(noise, torch_backend.StepNoise)
+    new, drawn = kernel(x, noise)
+    assert calls == [compiled]
+    expected = backend.step_normal((1200,), "float32", generator, step, 123)
+    assert tuple(drawn.shape) == (40, 30) and drawn.dtype == torch.float32
+    torch.testing.assert_close(drawn.reshape(-1), expected)
+    torch.testing.assert_close(new, x + 0.5 * expected.reshape(40, 30))
+    if not compiled:  # (a recompile would cost ~20 s)
+        # Another range of the stream, in float64.
+        noise = backend.step_noise((40, 30), "float64", generator, step, 0)
+        torch.testing.assert_close(
+            kernel(x.double(), noise)[1].reshape(-1),
+            backend.step_normal((1200,), "float64", generator, step, 0))
 
 
 @needs_torch
