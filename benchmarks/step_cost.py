@@ -25,6 +25,9 @@ Method
 * The optimizers are interleaved over `--rounds` rounds (Adam, SGD, SOBA,
   Adam, SGD, SOBA, ...), and the median seconds per step over the rounds is
   reported, so that drifts in machine load affect all optimizers alike.
+  The `paired` column (`paired_vs_adam` in the JSON) is the median over
+  rounds of each round's ratio to Adam: the steadier of the two on a
+  machine whose speed drifts between rounds (see `paired_ratio`).
 * `--keep-freed-memory` (Linux, glibc) re-runs the command with glibc told
   to keep freed memory for reuse (`KEEP_FREED_MEMORY`): by default it
   returns large freed buffers to the system, and a torch CNN step then
@@ -447,6 +450,22 @@ def device_label(device):
 # ----------------------------------------------------------------------
 # Results.
 
+def paired_ratio(seconds, base_seconds):
+    """Median over rounds of one optimizer's time over the baseline's time
+    in the same round.
+
+    The machine's speed drifts between rounds (the same command swings by
+    10-30 % on a shared 2-core machine); a round's two measurements are
+    seconds apart, so their ratio cancels most of the drift that the ratio
+    of the two medians still carries.
+    """
+    if len(seconds) != len(base_seconds):
+        raise ValueError(
+            f"paired_ratio needs one time per round for both optimizers, "
+            f"got {len(seconds)} and {len(base_seconds)}.")
+    return statistics.median(t / b for t, b in zip(seconds, base_seconds))
+
+
 def make_result(args, contenders, timed_steps):
     medians = {c.name: statistics.median(c.seconds_per_step)
                for c in contenders}
@@ -463,11 +482,14 @@ def make_result(args, contenders, timed_steps):
     }
     minima = {c.name: min(c.seconds_per_step) for c in contenders}
     first_fit = {c.name: c.first_fit_s for c in contenders}
+    rounds = {c.name: c.seconds_per_step for c in contenders}
     ratios = {
         name: {
             **{f"vs_{base}": medians[name] / medians[base]
                for base in BASELINES if base in medians},
             **{f"min_vs_{base}": minima[name] / minima[base]
+               for base in BASELINES if base in medians},
+            **{f"paired_vs_{base}": paired_ratio(rounds[name], rounds[base])
                for base in BASELINES if base in medians},
             **{f"first_fit_vs_{base}": first_fit[name] / first_fit[base]
                for base in BASELINES if base in medians},
@@ -517,7 +539,8 @@ def format_table(result):
         f"load      {result['load_average']:.1f} (1-minute average)",
         "",
         f"{'optimizer':<12} {'ms/step':>9} {'vs adam':>8} {'vs sgd':>8} "
-        f"{'min vs adam':>11} {'first fit s':>11} {'vs adam':>8} "
+        f"{'min vs adam':>11} {'paired':>8} {'first fit s':>11} "
+        f"{'vs adam':>8} "
         f"{'state/param':>12}",
     ]
     medians = {name: entry["median_s_per_step"]
@@ -531,14 +554,17 @@ def format_table(result):
         minima = {n: e["min_s_per_step"]
                   for n, e in result["optimizers"].items()}
         first = {n: e["first_fit_s"] for n, e in result["optimizers"].items()}
+        rounds = {n: e["s_per_step"] for n, e in result["optimizers"].items()}
         base = BASELINES[0] if BASELINES[0] in medians else None
         min_ratio = (f"{minima[name] / minima[base]:11.3f}" if base
                      else f"{'-':>11}")
+        paired = (f"{paired_ratio(entry['s_per_step'], rounds[base]):8.3f}"
+                  if base else f"{'-':>8}")
         first_ratio = (f"{first[name] / first[base]:8.2f}" if base
                        else f"{'-':>8}")
         lines.append(
             f"{name:<12} {1e3 * medians[name]:9.2f} {' '.join(ratios)} "
-            f"{min_ratio} {first[name]:11.1f} {first_ratio} "
+            f"{min_ratio} {paired} {first[name]:11.1f} {first_ratio} "
             f"{entry['state_per_param']:12.2f}"
         )
     if result["quick"]:

@@ -47,11 +47,26 @@ def test_step_cost_quick(tmp_path, run_script, capsys):
     assert set(result["ratios"]) == {"soba"}
     assert set(result["ratios"]["soba"]) == {
         "vs_adam", "vs_sgd", "min_vs_adam", "min_vs_sgd",
+        "paired_vs_adam", "paired_vs_sgd",
         "first_fit_vs_adam", "first_fit_vs_sgd"}
     assert all(r > 0 for r in result["ratios"]["soba"].values())
     for entry in result["optimizers"].values():
         assert entry["first_fit_s"] > 0
         assert entry["min_s_per_step"] == min(entry["s_per_step"])
+
+
+@pytest.mark.backend_independent
+def test_paired_ratio_is_the_median_of_the_rounds_ratios():
+    from benchmarks.step_cost import paired_ratio
+
+    # A slow-down hit Adam's measurement of round 2 and SOBA's of round 3:
+    # the rounds' ratios are 1.1, 0.67 and 2, the medians' ratio is 1.
+    soba = [0.011, 0.020, 0.040]
+    adam = [0.010, 0.030, 0.020]
+    assert paired_ratio(soba, adam) == pytest.approx(1.1)
+    assert paired_ratio([2.0, 3.0, 10.0], [1.0, 1.0, 1.0]) == 3.0
+    with pytest.raises(ValueError, match="one time per round"):
+        paired_ratio([1.0, 2.0], [1.0])
 
 
 @pytest.mark.slow
