@@ -206,6 +206,22 @@ def jax_state_detached(variable):
     return getattr(variable, "_value", 0) is None
 
 
+def torch_variable_tensor(variable):
+    """The tensor a torch variable stores (not what `value` resolves to
+    inside a `StatelessScope`). `Variable._value` (torch: the
+    `torch.nn.Parameter` holding the value, from Keras 3.0 on)."""
+    return variable._value
+
+
+def set_torch_variable_tensor(variable, parameter):
+    """Make a torch variable store `parameter` (a `torch.nn.Parameter` of
+    its shape and dtype), e.g. a view of a larger buffer: `assign` then
+    writes into that buffer (torch's `Variable._direct_assign` copies in
+    place). `Variable._value`, as `Variable._initialize` sets it for a
+    `Parameter` (Keras 3.0 on)."""
+    variable._value = parameter
+
+
 # -- The check the test suite runs --------------------------------------------
 
 
@@ -254,6 +270,12 @@ def _private_api_presence():
         pieces.append(("keras.src.backend.jax.trainer.JAXTrainer."
                        "_update_metrics_variables",
                        _has_method(JAXTrainer, "_update_metrics_variables")))
+    if keras.backend.backend() == "torch":
+        import torch
+
+        pieces.append(("keras.Variable._value (a torch.nn.Parameter)",
+                       isinstance(getattr(keras.Variable(0.0), "_value",
+                                          None), torch.nn.Parameter)))
     return pieces
 
 

@@ -402,6 +402,36 @@ def test_jax_state_detached_while_the_trainer_holds_it():
         assert compat.jax_state_detached(kernel) is False, "synced back"
 
 
+@only_on("torch")
+def test_torch_variable_tensor_can_be_a_view_that_assign_writes_into():
+    """A torch variable stores a `torch.nn.Parameter` (`_value`), which may
+    be replaced by a view of a larger buffer: `value` and `numpy` read it,
+    `assign` copies into it in place (what `backend.share_storage` relies
+    on), and the stored tensor is not what a `StatelessScope` maps."""
+    import torch
+
+    with relied_on("Variable._value (torch: the stored Parameter)"):
+        variable = keras.Variable(np.ones((2, 3), "float32"),
+                                  trainable=False)
+        stored = compat.torch_variable_tensor(variable)
+        assert isinstance(stored, torch.nn.Parameter)
+        assert variable.value is stored
+        buffer = torch.zeros(10)
+        view = torch.nn.Parameter(buffer[2:8].view(2, 3),
+                                  requires_grad=False)
+        compat.set_torch_variable_tensor(variable, view)
+        assert variable.value is view
+        variable.assign(np.full((2, 3), 5.0, "float32"))
+        np.testing.assert_array_equal(buffer.numpy(),
+                                      [0, 0, 5, 5, 5, 5, 5, 5, 0, 0])
+        buffer[2] = 7.0
+        assert numpy(variable)[0, 0] == 7.0
+        with keras.StatelessScope(state_mapping=[
+                (variable, torch.zeros(2, 3))]):
+            assert variable.value is not view
+            assert compat.torch_variable_tensor(variable) is view
+
+
 class _RecordExamples(keras.callbacks.Callback):
     def __init__(self):
         super().__init__()

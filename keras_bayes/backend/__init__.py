@@ -17,6 +17,10 @@ calls `keras_bayes.backend.<function>` and holds no backend branches.
   torch: one `_foreach_copy_` for all).
 - `fuse_updates_by_default()`: whether `PosteriorOptimizer` updates all
   variables in one flat pass when `fused_update` is None.
+- `share_storage(variables)`: one flat tensor whose consecutive pieces the
+  variables' values become (torch: a `FlatStorage`, so a flat update of
+  the optimizer's slots reads and writes them without a concatenation and
+  a cut), or None where values cannot alias (JAX, TensorFlow).
 - `optimizer_state_detached(variables)`: True while the trainer holds the
   variables' values outside them (JAX, after a traced step failed).
 - `standard_normal(shape, dtype, seed)`: the training noise, N(0, 1) from

@@ -12,8 +12,8 @@ from keras import ops
 __all__ = ["agree_across_replicas", "all_finite", "assign_flat", "choose",
            "compile_function", "cut_flat", "elementwise_kernel", "flatten",
            "fuse_updates_by_default", "if_finite", "nan_unless_finite",
-           "optimizer_state_detached", "raise_unless", "single_device",
-           "standard_normal", "step_noise", "step_normal"]
+           "optimizer_state_detached", "raise_unless", "share_storage",
+           "single_device", "standard_normal", "step_noise", "step_normal"]
 
 
 def single_device():
@@ -42,6 +42,12 @@ def assign_flat(assign, writes):
             assign(variable, ops.reshape(flat[offset:offset + size],
                                          tuple(variable.shape)))
             offset += size
+
+
+def share_storage(variables):
+    """None: the values of JAX arrays and TensorFlow variables cannot be
+    views of one buffer (torch's returns a `FlatStorage`)."""
+    return None
 
 
 def flatten(tensors):

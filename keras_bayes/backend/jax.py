@@ -17,13 +17,14 @@ from keras_bayes.backend.common import elementwise_kernel  # noqa: F401
 from keras_bayes.backend.common import flatten  # noqa: F401
 from keras_bayes.backend.common import fuse_updates_by_default  # noqa: F401
 from keras_bayes.backend.common import nan_unless_finite  # noqa: F401
+from keras_bayes.backend.common import share_storage  # noqa: F401
 from keras_bayes.backend.common import single_device  # noqa: F401
 
 __all__ = ["agree_across_replicas", "all_finite", "assign_flat", "choose",
            "compile_function", "cut_flat", "elementwise_kernel", "flatten",
            "fuse_updates_by_default", "if_finite", "nan_unless_finite",
-           "optimizer_state_detached", "raise_unless", "single_device",
-           "standard_normal", "step_noise", "step_normal"]
+           "optimizer_state_detached", "raise_unless", "share_storage",
+           "single_device", "standard_normal", "step_noise", "step_normal"]
 
 
 def raise_unless(finite, message):

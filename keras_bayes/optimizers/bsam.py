@@ -289,19 +289,27 @@ class BSAM(TwoPassOptimizer, base.PosteriorOptimizer):
         arithmetic) and one dtype."""
         return (self._fuse and len(variables) > 1
                 and backend.single_device()
-                and len({str(v.dtype) for v in variables}) == 1)
+                and len(set(self._layout(variables).dtypes)) == 1)
+
+    def _flat_gradients(self, grads, variables):
+        """The gradients of `variables` concatenated (zeros for a missing
+        one), in their dtype."""
+        layout = self._layout(variables)
+        return ops.cast(backend.flatten([
+            ops.zeros(tuple(v.shape), dtype) if g is None else g
+            for g, v, dtype in zip(grads, variables, layout.dtypes)]),
+            layout.dtypes[0])
 
     def second_pass_point(self, gradients, trainable_variables=None):
         """m + ρ·g1/s per variable."""
-        grads, variables = self._variables_for_point(gradients,
-                                                     trainable_variables)
+        variables = self._point_variables(gradients, trainable_variables)
         if self._flat_passes(variables):
-            indices = [_keras_compat.variable_index(self, v)
-                       for v in variables]
+            indices = self._layout(variables).indices
             return backend.cut_flat(self._point_kernel(
                 self._flat_slot("mean", indices), backend.flatten(variables),
-                backend.flatten(grads), self._flat_slot("precision", indices)),
-                variables)
+                self._flat_gradients(gradients, variables),
+                self._flat_slot("precision", indices)), variables)
+        grads, variables = self._variables_for_point(gradients, variables)
         points = []
         for gradient, variable in zip(grads, variables):
             index = _keras_compat.variable_index(self, variable)
@@ -328,11 +336,14 @@ class BSAM(TwoPassOptimizer, base.PosteriorOptimizer):
         first_grads = [context.unscale(r.grads) for r in records]
         # A bad first gradient skips the whole step (the second-pass
         # gradient is then bad too): keep the old statistic as well.
-        finite = base.all_finite(first_grads)
         if self._flat_passes(context.variables):
-            self._store_curvature_flat(first_grads, context.variables,
-                                       finite, float(len(records)))
+            flat_grads = [self._flat_gradients(grads, context.variables)
+                          for grads in first_grads]
+            self._store_curvature_flat(flat_grads, context.variables,
+                                       base.all_finite(flat_grads),
+                                       float(len(records)))
             return mean_gradients([r.second_grads for r in records])
+        finite = base.all_finite(first_grads)
         for index_in_list, variable in enumerate(context.variables):
             index = _keras_compat.variable_index(self, variable)
             slot = self._state["curvature"][index]
@@ -348,20 +359,20 @@ class BSAM(TwoPassOptimizer, base.PosteriorOptimizer):
                 out=slot))
         return mean_gradients([r.second_grads for r in records])
 
-    def _store_curvature_flat(self, first_grads, variables, finite, count):
+    def _store_curvature_flat(self, grads, variables, finite, count):
         """`combine_passes`' statistic, computed once over the concatenated
-        `variables` and written back (`_flat_passes`). A missing gradient
-        adds sqrt(s)·0, as it adds nothing per variable."""
-        indices = [_keras_compat.variable_index(self, v) for v in variables]
-        slots = [self._state["curvature"][i] for i in indices]
-        grads = [backend.flatten([
-            ops.zeros(tuple(v.shape), v.dtype) if g is None
-            else ops.cast(g, v.dtype) for g, v in zip(record, variables)])
-            for record in first_grads]
+        `variables` from their concatenated first-pass gradients `grads`
+        (`_flat_gradients`, one per pass) and written back
+        (`_flat_passes`). A missing gradient adds sqrt(s)·0, as it adds
+        nothing per variable."""
+        indices = self._layout(variables).indices
+        kept = self._flat_slot("curvature", indices)
+        storage = self._slot_storage(indices)
         value = self._curvature_kernel(
-            grads, self._flat_slot("precision", indices),
-            self._flat_slot("curvature", indices), finite, count)
-        backend.assign_flat(self.assign, [(slots, value)])
+            grads, self._flat_slot("precision", indices), kept, finite,
+            count, out=None if storage is None else kept)
+        backend.assign_flat(self.assign, self._write_flat_slots(
+            indices, {"curvature": value}))
 
     def _posterior_std(self, state, weight_decay):
         return bsam_posterior_std(state["precision"], self.ess)

@@ -131,6 +131,19 @@ class TwoPassOptimizer(MultiPassOptimizer):
         return StepPlan(second_pass=True)
 
     def _variables_for_point(self, gradients, trainable_variables):
+        """(gradients, variables) of `second_pass_point`: each gradient in
+        its variable's dtype, zeros for a missing one."""
+        variables = self._point_variables(gradients, trainable_variables)
+        grads = [
+            ops.zeros(tuple(v.shape), dtype=v.dtype) if g is None
+            else ops.cast(g, v.dtype)
+            for g, v in zip(gradients, variables)
+        ]
+        return grads, variables
+
+    def _point_variables(self, gradients, trainable_variables):
+        """The variables of `second_pass_point` (the built ones by
+        default), checked against the gradients."""
         variables = (
             list(trainable_variables) if trainable_variables is not None
             else _keras_compat.optimizer_variables_built_for(self)
@@ -143,12 +156,7 @@ class TwoPassOptimizer(MultiPassOptimizer):
                 f"variable. Received {len(gradients)} gradients for "
                 f"{len(variables)} variables."
             )
-        grads = [
-            ops.zeros(tuple(v.shape), dtype=v.dtype) if g is None
-            else ops.cast(g, v.dtype)
-            for g, v in zip(gradients, variables)
-        ]
-        return grads, variables
+        return variables
 
 
 @keras.saving.register_keras_serializable(package="keras_bayes")

@@ -166,6 +166,40 @@ def test_cut_flat_inverts_flatten():
                                       keras.ops.convert_to_numpy(variable))
 
 
+@pytest.mark.parametrize("concatenated", [True, False],
+                         ids=["concatenated", "per-tensor"])
+def test_all_finite_flags_any_nonfinite_entry(monkeypatch, concatenated):
+    """The step's finiteness check: False for one NaN, +Inf or -Inf entry
+    in any tensor (of mixed dtypes, beside an empty one), True for finite
+    entries as large as float32 allows (no overflow in the check). On
+    torch both ways of reducing (one concatenation, or each tensor)."""
+    if BACKEND == "torch":
+        from keras_bayes.backend import torch as torch_backend
+
+        monkeypatch.setattr(torch_backend, "FINITE_CONCAT_MAX_ENTRIES",
+                            10**6 if concatenated else 0)
+    elif not concatenated:
+        pytest.skip("one way on this backend")
+    rng = np.random.default_rng(0)
+    values = [rng.normal(size=(4, 5)).astype("float32"),
+              np.full((3,), 3e38, "float32"),
+              np.full((2,), -3e38, "float32"),
+              np.zeros((0,), "float32"),
+              rng.normal(size=(6,)).astype("float16")]
+
+    def check(arrays):
+        return bool(keras.ops.convert_to_numpy(backend.all_finite(
+            [keras.ops.convert_to_tensor(a) for a in arrays])))
+
+    assert check(values)
+    assert check(values[1:2])  # min and max both near float32's largest
+    for bad in (np.nan, np.inf, -np.inf):
+        for position in (0, 4):
+            arrays = [a.copy() for a in values]
+            arrays[position].flat[1] = bad
+            assert not check(arrays), (bad, position)
+
+
 def test_nan_unless_finite_flags_exactly_the_nonfinite_tensors():
     """NaN for a NaN, +Inf or -Inf entry; 0 otherwise, also for entries
     near the float32 limit (no overflow) and for an empty tensor."""
@@ -327,6 +361,113 @@ def test_torch_kernel_writes_its_result_into_out(monkeypatch):
     new, doubled = kernel(x, {"z": z.value}, out=({"z": z}, sample))
     torch.testing.assert_close(new["z"], before + x)
     torch.testing.assert_close(z.value, before)  # unchanged
+
+
+@needs_torch
+def test_torch_kernel_writes_into_tensors_and_returns_fresh_for_none(
+        monkeypatch):
+    """`out=` may hold tensors (a flat slot storage) and None (a result
+    wanted in a fresh tensor, the next sample of a flat update): the
+    compiled call writes the tensors in place, returns them, and the
+    result for None in the kernel's shape."""
+    import torch
+
+    from keras_bayes.backend import torch as torch_backend
+
+    def update(x, state):
+        return {"z": state["z"] + x}, x * 2.0
+
+    kernel = backend.elementwise_kernel(update)
+    monkeypatch.setattr(torch_backend, "COMPILE_MIN_ENTRIES", 1000)
+    x = torch.randn(1200)
+    z = torch.ones(1200)
+    storage = z.data_ptr()
+    new, doubled = kernel(x, {"z": z}, out=({"z": z}, None))
+    assert new["z"] is z and z.data_ptr() == storage
+    torch.testing.assert_close(z, 1.0 + x)
+    assert doubled.data_ptr() not in (z.data_ptr(), x.data_ptr())
+    torch.testing.assert_close(doubled, x * 2.0)
+
+
+@needs_torch
+def test_torch_share_storage_makes_the_variables_views_of_one_tensor():
+    """`share_storage`: the variables keep their values, which become
+    consecutive pieces of one flat tensor; an `assign` writes into it, a
+    write into it shows in the variables, and inside a `StatelessScope`
+    that maps them elsewhere the storage says it is not current."""
+    import torch
+
+    rng = np.random.default_rng(0)
+    values = [rng.normal(size=s).astype("float32")
+              for s in ((3, 4), (5,), (2, 1, 2))]
+    variables = [keras.Variable(v, trainable=False) for v in values]
+    storage = backend.share_storage(variables)
+    flat = np.concatenate([v.ravel() for v in values])
+    np.testing.assert_array_equal(storage.value.numpy(), flat)
+    for variable, value in zip(variables, values):
+        np.testing.assert_array_equal(variable.numpy(), value)
+    assert storage.current()
+
+    variables[1].assign(np.full((5,), 7.0, "float32"))
+    np.testing.assert_array_equal(storage.value[12:17].numpy(), 7.0)
+    new = torch.arange(21, dtype=torch.float32)
+    storage.assign(new)
+    np.testing.assert_array_equal(variables[2].numpy().ravel(),
+                                  np.arange(17, 21))
+    storage.assign(storage.value)  # itself: nothing to copy
+    np.testing.assert_array_equal(storage.value.numpy(), np.arange(21))
+
+    with keras.StatelessScope(state_mapping=[
+            (variables[0], torch.zeros(3, 4))]):
+        assert not storage.current()
+    assert storage.current()
+
+
+@pytest.mark.skipif(BACKEND == "torch", reason="JAX and TensorFlow")
+def test_immutable_backends_share_no_storage():
+    assert backend.share_storage(_dense_variables([(3,), (4,)])) is None
+
+
+def test_fused_slots_live_in_one_storage_where_the_backend_allows():
+    """A fused optimizer on torch keeps each slot of its variables in one
+    flat tensor after the first step (the update reads and writes it with
+    no concatenation); on JAX and TensorFlow the slots stay separate. Either
+    way the steps equal the per-variable ones, including a skipped step and
+    slots assigned from outside between steps."""
+    rng = np.random.default_rng(4)
+    shapes = [(6, 5), (5,), (5, 3), (3,)]
+    start = [rng.normal(size=s).astype("float32") for s in shapes]
+    grads = [[rng.normal(size=s).astype("float32") for s in shapes]
+             for _ in range(4)]
+    grads[2][1][0] = np.nan
+    results = []
+    for fused in (False, True):
+        variables = [keras.Variable(v) for v in start]
+        optimizer = SOBA(0.05, ess=50.0, hess_init=0.3, seed=3,
+                         fused_update=fused)
+        for step, step_grads in enumerate(grads):
+            optimizer.apply_gradients(zip(step_grads, variables))
+            if step == 0:
+                optimizer._state["momentum"][2].assign(
+                    np.full((5, 3), 0.01, "float32"))
+        indices = tuple(range(len(shapes)))
+        storage = optimizer._slot_storage(indices) if fused else None
+        if fused and BACKEND == "torch":
+            assert storage is not None
+            for name, slots in optimizer._state.items():
+                flat = keras.ops.convert_to_numpy(storage[name].value)
+                np.testing.assert_array_equal(flat, np.concatenate([
+                    keras.ops.convert_to_numpy(s).ravel() for s in slots]))
+                assert (slots[1].value.data_ptr()
+                        == storage[name].value[30:].data_ptr())
+        else:
+            assert storage is None
+        assert optimizer.nonfinite_steps == 1
+        results.append([keras.ops.convert_to_numpy(v) for v in variables]
+                       + optimizer.posterior_mean()
+                       + optimizer.posterior_std())
+    for a, b in zip(*results):
+        np.testing.assert_allclose(a, b, rtol=2e-5, atol=1e-6)
 
 
 def _steps_with_a_bad_one(optimizer_class, **kwargs):
