@@ -725,8 +725,7 @@ class PosteriorOptimizer(keras.optimizers.Optimizer):
         layout = self._layout(run)
         indices = layout.indices
         dtype = layout.dtypes[0]
-        state = {name: self._flat_slot(name, indices)
-                 for name in self._state}
+        state = self._flat_state(indices)
         if self._prior_slots is None:
             weight_decay, center = self._weight_decay_for(run[0]), None
         else:
@@ -752,19 +751,21 @@ class PosteriorOptimizer(keras.optimizers.Optimizer):
         layout of `_run_update`: what a skipped step writes back."""
         if len(run) == 1:
             return self._current_values(run[0])
-        indices = self._layout(run).indices
-        return ({name: self._flat_slot(name, indices)
-                 for name in self.state_names},
+        state = self._flat_state(self._layout(run).indices)
+        return ({name: state[name] for name in self.state_names},
                 backend.flatten(run))
 
-    def _flat_slot(self, name, indices):
-        """Slot `name` of the variables at `indices`, concatenated: a flat
-        run's or group's state (the slot's storage where it has one,
-        `_slot_storage`; else `backend.flatten`)."""
+    def _flat_state(self, indices, names=None):
+        """{name: slot `name` of the variables at `indices`, concatenated}
+        for the slots `names` (default: all), a flat run's or group's state:
+        the slots' storage where they have one (`_slot_storage`), else
+        `backend.flatten`."""
+        names = self._state if names is None else names
         storage = self._slot_storage(indices)
         if storage is not None:
-            return storage[name].value
-        return backend.flatten([self._state[name][i] for i in indices])
+            return {name: storage[name].value for name in names}
+        return {name: backend.flatten([self._state[name][i] for i in indices])
+                for name in names}
 
     def _write_flat_slots(self, indices, values):
         """Assign `values`, {slot name: flat value} of the variables at

@@ -304,11 +304,12 @@ class BSAM(TwoPassOptimizer, base.PosteriorOptimizer):
         """m + ρ·g1/s per variable."""
         variables = self._point_variables(gradients, trainable_variables)
         if self._flat_passes(variables):
-            indices = self._layout(variables).indices
+            state = self._flat_state(self._layout(variables).indices,
+                                     ("mean", "precision"))
             return backend.cut_flat(self._point_kernel(
-                self._flat_slot("mean", indices), backend.flatten(variables),
+                state["mean"], backend.flatten(variables),
                 self._flat_gradients(gradients, variables),
-                self._flat_slot("precision", indices)), variables)
+                state["precision"]), variables)
         grads, variables = self._variables_for_point(gradients, variables)
         points = []
         for gradient, variable in zip(grads, variables):
@@ -366,11 +367,13 @@ class BSAM(TwoPassOptimizer, base.PosteriorOptimizer):
         (`_flat_passes`). A missing gradient adds sqrt(s)·0, as it adds
         nothing per variable."""
         indices = self._layout(variables).indices
-        kept = self._flat_slot("curvature", indices)
-        storage = self._slot_storage(indices)
+        state = self._flat_state(indices, ("precision", "curvature"))
+        kept = state["curvature"]
+        # In place where the slot has a storage (`kept` is it).
+        in_storage = self._slot_storage(indices) is not None
         value = self._curvature_kernel(
-            grads, self._flat_slot("precision", indices), kept, finite,
-            count, out=None if storage is None else kept)
+            grads, state["precision"], kept, finite, count,
+            out=kept if in_storage else None)
         backend.assign_flat(self.assign, self._write_flat_slots(
             indices, {"curvature": value}))
 
