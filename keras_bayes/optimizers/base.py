@@ -541,11 +541,15 @@ class PosteriorOptimizer(keras.optimizers.Optimizer):
         # Keras' decoupled decay would shrink the sample, not the mean.
         return
 
-    def _weight_decay_for(self, variable):
-        if not self.weight_decay or not _keras_compat.uses_weight_decay(
-                self, variable):
+    def _weight_decay_for(self, variable, decays=None):
+        """δ of `variable`: 0 where `exclude_from_weight_decay` exempts it.
+        `decays`: whether it is not exempt, where already looked up
+        (`_Layout.decays`)."""
+        if not self.weight_decay:
             return 0.0
-        return self.weight_decay
+        if decays is None:
+            decays = _keras_compat.uses_weight_decay(self, variable)
+        return self.weight_decay if decays else 0.0
 
     def _training_noise(self, shape, dtype, seed=None):
         """Unit base noise (Gaussian here) drawn from the optimizer's
@@ -727,7 +731,8 @@ class PosteriorOptimizer(keras.optimizers.Optimizer):
         dtype = layout.dtypes[0]
         state = self._flat_state(indices)
         if self._prior_slots is None:
-            weight_decay, center = self._weight_decay_for(run[0]), None
+            weight_decay = self._weight_decay_for(run[0], layout.decays[0])
+            center = None
         else:
             terms = [self._prior_terms(i, v) for i, v in zip(indices, run)]
             weight_decay = backend.flatten([delta for delta, _ in terms])
@@ -947,8 +952,7 @@ class PosteriorOptimizer(keras.optimizers.Optimizer):
                                                        layout.decays)):
             # With a prior, δ is a slot and one group per dtype suffices.
             key = (dtype, "prior" if self._prior_slots
-                   else self.weight_decay if decays and self.weight_decay
-                   else 0.0)
+                   else self._weight_decay_for(variables[position], decays))
             groups.setdefault(key, []).append(position)
         # The groups take consecutive ranges of the step's noise stream.
         group_start = 0
